@@ -1,0 +1,283 @@
+//! Stage 6: run the hook's command — after the response, never through a shell.
+//!
+//! The command is an argv with an absolute program path, started in its own
+//! process group with a cleared environment (`PATH` and `SOCKHOOK_*` only), the
+//! body as stdin and its output in sockhook's log. A hook runs at most once at
+//! a time: triggers that arrive meanwhile coalesce into one follow-up run with
+//! the newest request. A run that outlives its timeout gets SIGTERM, then
+//! SIGKILL, sent to its whole process group.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, PipeReader, Read};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+use crate::config::Hook;
+use crate::idle::{Activity, Busy};
+use crate::log::Clean;
+use crate::{error, info, warning};
+
+/// The only `PATH` a command sees.
+pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Time between SIGTERM and SIGKILL when a run is stopped.
+pub const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long the output of a finished run is still collected.
+const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+
+/// One run of a hook's command, as a request asked for it.
+pub struct Job {
+    /// The hook.
+    pub hook: Arc<Hook>,
+    /// `SOCKHOOK_*` variables.
+    pub env: Vec<(&'static str, OsString)>,
+    /// The body, rewound; `None` for an empty body.
+    pub stdin: Option<File>,
+}
+
+/// Starts jobs, one at a time per hook; cheap to clone.
+#[derive(Clone)]
+pub struct Runner {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    runs: Mutex<Runs>,
+    activity: Arc<Activity>,
+}
+
+#[derive(Default)]
+struct Runs {
+    /// Hooks with a run in progress, and the follow-up job waiting for each.
+    queued: HashMap<String, Option<Job>>,
+    /// Process groups of the runs in progress.
+    groups: HashMap<String, Pid>,
+    /// Runs that failed, timed out or could not start.
+    failures: u64,
+    /// Set when sockhook is stopping: no new runs start.
+    stopping: bool,
+}
+
+impl Runner {
+    /// A runner that reports its runs to `activity`.
+    pub fn new(activity: Arc<Activity>) -> Runner {
+        Runner {
+            shared: Arc::new(Shared {
+                runs: Mutex::default(),
+                activity,
+            }),
+        }
+    }
+
+    /// Runs `job` now, or after the hook's current run if one is in progress.
+    pub fn trigger(&self, job: Job) {
+        let name = job.hook.name.clone();
+        let mut runs = self.shared.lock();
+        if runs.stopping {
+            warning!("hook {name}: not run: sockhook is stopping");
+            return;
+        }
+        if let Some(queued) = runs.queued.get_mut(&name) {
+            if queued.replace(job).is_some() {
+                info!("hook {name}: queued run replaced by a newer request");
+            } else {
+                info!("hook {name}: run queued behind the one in progress");
+            }
+            return;
+        }
+        runs.queued.insert(name.clone(), None);
+        drop(runs);
+        let busy = self.shared.activity.run();
+        let shared = Arc::clone(&self.shared);
+        let spawned = thread::Builder::new()
+            .name(format!("run {name}"))
+            .spawn(move || run_loop(&shared, job, busy));
+        if let Err(e) = spawned {
+            error!("hook {name}: unable to start a thread for the run: {e}");
+            let mut runs = self.shared.lock();
+            runs.queued.remove(&name);
+            runs.failures += 1;
+        }
+    }
+
+    /// How many runs failed so far.
+    pub fn failures(&self) -> u64 {
+        self.shared.lock().failures
+    }
+
+    /// Stops starting runs and sends SIGTERM to the process groups of those in progress.
+    pub fn stop(&self) {
+        let mut runs = self.shared.lock();
+        runs.stopping = true;
+        for (name, group) in &runs.groups {
+            info!("hook {name}: sending SIGTERM to process group {group}");
+            let _ = killpg(*group, Signal::SIGTERM);
+        }
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Runs> {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn run_loop(shared: &Shared, mut job: Job, busy: Busy) {
+    let name = job.hook.name.clone();
+    loop {
+        let ok = run_once(shared, job);
+        let mut runs = shared.lock();
+        if !ok {
+            runs.failures += 1;
+        }
+        let next = runs.queued.get_mut(&name).and_then(Option::take);
+        match next {
+            Some(next) if !runs.stopping => job = next,
+            _ => {
+                runs.queued.remove(&name);
+                break;
+            }
+        }
+    }
+    drop(busy);
+}
+
+/// Runs the command once, to the end; true if it exited 0 in time.
+fn run_once(shared: &Shared, job: Job) -> bool {
+    let hook = &job.hook;
+    let name = &hook.name;
+    let (output, child) = match spawn(&job) {
+        Ok(pair) => pair,
+        Err(e) => {
+            error!("hook {name}: unable to start {}: {e}", hook.command[0]);
+            return false;
+        }
+    };
+    let started = Instant::now();
+    let pid = child.id();
+    let group = Pid::from_raw(pid as i32);
+    info!("hook {name}: run {pid} started");
+    shared.lock().groups.insert(name.clone(), group);
+
+    let (output_done, output_finished) = mpsc::channel();
+    let logger = name.clone();
+    let _ = thread::Builder::new().name(format!("log {name}")).spawn(move || {
+        log_output(&logger, output);
+        let _ = output_done.send(());
+    });
+    let (exited, exit) = mpsc::channel();
+    let mut child = child;
+    let waiter = thread::Builder::new()
+        .name(format!("wait {name}"))
+        .spawn(move || exited.send(child.wait()));
+
+    let mut timed_out = false;
+    let status = match waiter {
+        Err(e) => {
+            let _ = killpg(group, Signal::SIGKILL);
+            Err(e)
+        }
+        Ok(_) => exit.recv_timeout(hook.timeout).unwrap_or_else(|_| {
+            timed_out = true;
+            stop_group(hook, pid, &exit)
+        }),
+    };
+    shared.lock().groups.remove(name);
+    let _ = output_finished.recv_timeout(OUTPUT_GRACE);
+
+    let elapsed = started.elapsed().as_secs_f64();
+    match status {
+        Ok(status) if status.success() && !timed_out => {
+            info!("hook {name}: run {pid} exited 0 after {elapsed:.3} s");
+            true
+        }
+        Ok(status) => {
+            warning!("hook {name}: run {pid} {} after {elapsed:.3} s", describe(status));
+            false
+        }
+        Err(e) => {
+            error!("hook {name}: unable to wait for run {pid}: {e}");
+            false
+        }
+    }
+}
+
+/// Starts the command; returns the read end of its stdout+stderr pipe and the child.
+fn spawn(job: &Job) -> io::Result<(PipeReader, std::process::Child)> {
+    let (reader, writer) = io::pipe()?;
+    let stdin = match &job.stdin {
+        Some(body) => Stdio::from(body.try_clone()?),
+        None => Stdio::null(),
+    };
+    let mut command = Command::new(&job.hook.command[0]);
+    command
+        .args(&job.hook.command[1..])
+        .env_clear()
+        .env("PATH", PATH)
+        .envs(job.env.iter().map(|(k, v)| (k, v)))
+        .current_dir("/")
+        .stdin(stdin)
+        .stdout(writer.try_clone()?)
+        .stderr(writer)
+        .process_group(0);
+    let child = command.spawn()?;
+    // `command` holds the pipe's write ends; dropping it lets the reader see EOF.
+    drop(command);
+    Ok((reader, child))
+}
+
+/// Logs each line the command prints, prefixed with the hook's name.
+fn log_output(name: &str, output: PipeReader) {
+    let mut input = BufReader::new(output);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match (&mut input).take(Clean::OUTPUT_MAX as u64).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let text = line.strip_suffix(b"\n").unwrap_or(&line);
+                info!("hook {name}: {}", Clean::output(text));
+            }
+        }
+    }
+}
+
+/// "exited 3", "killed by signal 9 (SIGKILL)".
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited {code}"),
+        (None, Some(signal)) => {
+            let name = Signal::try_from(signal).map_or("unknown", Signal::as_str);
+            format!("killed by signal {signal} ({name})")
+        }
+        (None, None) => format!("ended with status {status:?}"),
+    }
+}
+
+/// Stops a run that outlived its timeout: SIGTERM to its group, then SIGKILL.
+fn stop_group(hook: &Hook, pid: u32, exit: &mpsc::Receiver<io::Result<ExitStatus>>) -> io::Result<ExitStatus> {
+    let (name, group) = (&hook.name, Pid::from_raw(pid as i32));
+    warning!(
+        "hook {name}: run {pid} timed out after {} s; sending SIGTERM to its process group",
+        hook.timeout.as_secs()
+    );
+    let _ = killpg(group, Signal::SIGTERM);
+    if let Ok(status) = exit.recv_timeout(KILL_GRACE) {
+        return status;
+    }
+    warning!(
+        "hook {name}: run {pid} still running {} s after SIGTERM; sending SIGKILL",
+        KILL_GRACE.as_secs()
+    );
+    let _ = killpg(group, Signal::SIGKILL);
+    exit.recv()
+        .unwrap_or_else(|_| Err(io::Error::other("the waiting thread ended")))
+}

@@ -1,0 +1,529 @@
+//! Hook files (`DIR/NAME.toml`, one hook each), their secrets, and the server key.
+//!
+//! Everything is loaded once per activation. A broken file breaks only its own
+//! hook: the problem is kept and answered with 500, the other hooks keep working.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::Error;
+use crate::read::DEFAULT_MAX_BODY_BYTES;
+
+/// Where hook files live unless `--hooks` says otherwise.
+pub const DEFAULT_HOOKS_DIR: &str = "/etc/sockhook/hooks.d";
+/// The server key outside systemd (under systemd: `$CREDENTIALS_DIRECTORY/key`).
+pub const DEFAULT_KEY_FILE: &str = "/etc/sockhook/key";
+/// The credential name of the server key (`LoadCredential=key:…`).
+pub const KEY_CREDENTIAL: &str = "key";
+/// Set by systemd to the directory holding `LoadCredential=` files.
+pub const CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+/// The path prefix under which hooks are served.
+pub const HOOKS_PREFIX: &str = "/hooks/";
+/// How long a command may run unless the hook's `timeout` says otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// The longest `timeout` a hook may set (a day).
+pub const MAX_TIMEOUT_SECS: u64 = 24 * 60 * 60;
+/// The largest `max_body` a hook may set (1 GiB; bodies are spooled in memory).
+pub const MAX_MAX_BODY_BYTES: u64 = 1024 * 1024 * 1024;
+/// Hook, key and secret files larger than this are refused.
+pub const MAX_FILE_BYTES: u64 = 64 * 1024;
+/// The shortest server key accepted.
+pub const MIN_KEY_BYTES: usize = 16;
+/// The longest hook name.
+pub const MAX_NAME_BYTES: usize = 64;
+
+/// How a hook checks who sent a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheme {
+    /// HMAC-SHA256(server key, path) as Basic-auth user name or Bearer token.
+    Token,
+    /// `X-Hub-Signature-256: sha256=<hex HMAC of the body>`.
+    Github,
+    /// `X-Gitea-Signature: <hex HMAC of the body>`.
+    Gitea,
+    /// `X-Forgejo-Signature: <hex HMAC of the body>`.
+    Forgejo,
+    /// `X-Gitlab-Token: <the secret>`.
+    Gitlab,
+    /// No check at all; needs `allow_unauthenticated = true`.
+    None,
+}
+
+impl Scheme {
+    /// The name used in hook files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::Token => "token",
+            Scheme::Github => "github",
+            Scheme::Gitea => "gitea",
+            Scheme::Forgejo => "forgejo",
+            Scheme::Gitlab => "gitlab",
+            Scheme::None => "none",
+        }
+    }
+
+    /// Whether the scheme needs a `secret`.
+    pub fn needs_secret(self) -> bool {
+        !matches!(self, Scheme::Token | Scheme::None)
+    }
+
+    /// The header naming the event, for `events` and `SOCKHOOK_EVENT`.
+    pub fn event_header(self) -> Option<&'static str> {
+        match self {
+            Scheme::Github => Some("x-github-event"),
+            Scheme::Gitea => Some("x-gitea-event"),
+            Scheme::Forgejo => Some("x-forgejo-event"),
+            Scheme::Gitlab => Some("x-gitlab-event"),
+            Scheme::Token | Scheme::None => None,
+        }
+    }
+
+    /// The header carrying the delivery id, for `SOCKHOOK_DELIVERY`.
+    pub fn delivery_header(self) -> Option<&'static str> {
+        match self {
+            Scheme::Github => Some("x-github-delivery"),
+            Scheme::Gitea => Some("x-gitea-delivery"),
+            Scheme::Forgejo => Some("x-forgejo-delivery"),
+            Scheme::Gitlab => Some("x-gitlab-event-uuid"),
+            Scheme::Token | Scheme::None => None,
+        }
+    }
+}
+
+/// Secret bytes; `Debug` never shows them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// The bytes, for computing a MAC.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
+/// A hook, validated and ready to serve.
+#[derive(Debug)]
+pub struct Hook {
+    /// The name: the file name without `.toml`, served at `/hooks/NAME`.
+    pub name: String,
+    /// The program (absolute path) and its arguments.
+    pub command: Vec<String>,
+    /// How senders are authenticated.
+    pub scheme: Scheme,
+    /// The shared secret of signature schemes.
+    pub secret: Option<Secret>,
+    /// Methods accepted, e.g. `["POST"]`.
+    pub methods: Vec<String>,
+    /// Events that run the command; `None` runs it for every event.
+    pub events: Option<Vec<String>>,
+    /// How long one run may take.
+    pub timeout: Duration,
+    /// The largest body accepted, in bytes.
+    pub max_body: u64,
+}
+
+/// A hook file as written; every key is optional so each gets a clear message.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HookFile {
+    command: Option<Vec<String>>,
+    auth: Option<Scheme>,
+    secret: Option<String>,
+    methods: Option<Vec<String>>,
+    events: Option<Vec<String>>,
+    timeout: Option<u64>,
+    max_body: Option<u64>,
+    allow_unauthenticated: Option<bool>,
+}
+
+/// A problem found while loading, tied to the file it is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file (or directory) at fault.
+    pub path: PathBuf,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
+
+/// All hooks of a directory: the valid ones and the broken ones with their problems.
+#[derive(Debug, Default)]
+pub struct Hooks {
+    entries: BTreeMap<String, Result<Arc<Hook>, Problem>>,
+    /// Problems not tied to one hook (an unreadable directory).
+    pub general: Vec<Problem>,
+    /// Files that were skipped because their names do not make a hook.
+    pub skipped: Vec<PathBuf>,
+}
+
+impl Hooks {
+    /// The hook called `name`, or the problem that broke it.
+    pub fn get(&self, name: &str) -> Option<&Result<Arc<Hook>, Problem>> {
+        self.entries.get(name)
+    }
+
+    /// Every hook, valid or not, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Result<Arc<Hook>, Problem>)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Every problem, general ones first.
+    pub fn problems(&self) -> impl Iterator<Item = &Problem> {
+        self.general
+            .iter()
+            .chain(self.entries.values().filter_map(|e| e.as_ref().err()))
+    }
+
+    /// Whether any hook authenticates with tokens (and so needs the server key).
+    pub fn need_key(&self) -> bool {
+        self.entries
+            .values()
+            .any(|e| matches!(e, Ok(h) if h.scheme == Scheme::Token))
+    }
+}
+
+/// Whether `name` can name a hook: `[A-Za-z0-9_-][A-Za-z0-9._-]*`, at most 64 bytes.
+pub fn valid_name(name: &str) -> bool {
+    let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    let mut chars = name.chars();
+    name.len() <= MAX_NAME_BYTES
+        && chars.next().is_some_and(ok)
+        && chars.all(|c| ok(c) || c == '.')
+}
+
+/// Loads every `NAME.toml` in `dir`. `credentials` is `$CREDENTIALS_DIRECTORY`.
+pub fn load(dir: &Path, credentials: Option<&Path>) -> Hooks {
+    let mut hooks = Hooks::default();
+    let listing = match fs::read_dir(dir) {
+        Ok(listing) => listing,
+        Err(e) => {
+            hooks.general.push(Problem {
+                path: dir.to_owned(),
+                message: format!("cannot read the hooks directory: {e}; create it or pass --hooks DIR"),
+            });
+            return hooks;
+        }
+    };
+    for entry in listing.flatten() {
+        let path = entry.path();
+        let file_name = entry.file_name();
+        let file_name = file_name.to_string_lossy();
+        if file_name.starts_with('.') {
+            continue;
+        }
+        match file_name.strip_suffix(".toml") {
+            Some(name) if valid_name(name) => {
+                let hook = load_hook(&path, name, credentials).map(Arc::new);
+                hooks.entries.insert(name.to_owned(), hook);
+            }
+            _ => hooks.skipped.push(path),
+        }
+    }
+    hooks.skipped.sort();
+    hooks
+}
+
+fn load_hook(path: &Path, name: &str, credentials: Option<&Path>) -> Result<Hook, Problem> {
+    let problem = |message: String| Problem {
+        path: path.to_owned(),
+        message,
+    };
+    let text = read_small(path).map_err(problem)?;
+    let file: HookFile = toml::from_str(&text).map_err(|e| problem(one_line(&e.to_string())))?;
+    build(file, name, credentials).map_err(problem)
+}
+
+fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook, String> {
+    let command = file.command.ok_or(
+        "command: missing; give the program and its arguments, e.g. command = [\"/usr/bin/systemctl\", \"restart\", \"kodi.service\"]",
+    )?;
+    check_command(&command)?;
+    let scheme = file.auth.ok_or(
+        "auth: missing; choose token, github, gitea, forgejo, gitlab or none (see sockhook.toml(5))",
+    )?;
+    let secret = match (scheme.needs_secret(), file.secret) {
+        (true, None) => {
+            return Err(format!(
+                "secret: auth = \"{}\" needs secret = \"NAME\" (a systemd credential) or an absolute path",
+                scheme.name()
+            ));
+        }
+        (false, Some(_)) => {
+            return Err(format!(
+                "secret: not used by auth = \"{}\"; remove it (tokens derive from the server key)",
+                scheme.name()
+            ));
+        }
+        (true, Some(spec)) => Some(load_secret(&spec, credentials)?),
+        (false, None) => None,
+    };
+    match (scheme, file.allow_unauthenticated) {
+        (Scheme::None, Some(true)) => {}
+        (Scheme::None, _) => {
+            return Err("auth = \"none\" lets anyone who reaches the port run this command; if that is intended, add allow_unauthenticated = true".into());
+        }
+        (_, Some(_)) => {
+            return Err(format!(
+                "allow_unauthenticated: only applies to auth = \"none\", not \"{}\"; remove it",
+                scheme.name()
+            ));
+        }
+        (_, None) => {}
+    }
+    let methods = file.methods.unwrap_or_else(|| vec!["POST".into()]);
+    if methods.is_empty() || !methods.iter().all(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase())) {
+        return Err("methods: give a non-empty list of upper-case methods, e.g. [\"POST\"]".into());
+    }
+    if let Some(events) = &file.events {
+        if scheme.event_header().is_none() {
+            return Err(format!(
+                "events: auth = \"{}\" carries no event header; remove events or use a sender's scheme",
+                scheme.name()
+            ));
+        }
+        if events.is_empty() || events.iter().any(String::is_empty) {
+            return Err("events: give a non-empty list of event names, e.g. [\"push\"]".into());
+        }
+    }
+    let timeout = match file.timeout {
+        None => DEFAULT_TIMEOUT,
+        Some(secs @ 1..=MAX_TIMEOUT_SECS) => Duration::from_secs(secs),
+        Some(secs) => return Err(format!("timeout: {secs} s is outside 1..={MAX_TIMEOUT_SECS}")),
+    };
+    let max_body = match file.max_body {
+        None => DEFAULT_MAX_BODY_BYTES,
+        Some(bytes @ 0..=MAX_MAX_BODY_BYTES) => bytes,
+        Some(bytes) => return Err(format!("max_body: {bytes} is over the limit of {MAX_MAX_BODY_BYTES} bytes")),
+    };
+    Ok(Hook {
+        name: name.to_owned(),
+        command,
+        scheme,
+        secret,
+        methods,
+        events: file.events,
+        timeout,
+        max_body,
+    })
+}
+
+fn check_command(command: &[String]) -> Result<(), String> {
+    let Some(program) = command.first() else {
+        return Err("command: empty; give the program and its arguments".into());
+    };
+    if !program.starts_with('/') {
+        return Err(format!(
+            "command: {program:?} is not an absolute path; sockhook runs no shell and searches no PATH, so write e.g. /usr/bin/{program}"
+        ));
+    }
+    if let Some(i) = command.iter().position(|a| a.contains('\0')) {
+        return Err(format!("command: argument {i} contains a NUL byte"));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    match fs::metadata(program) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
+        Ok(_) => Err(format!("command: {program} is not an executable file")),
+        Err(e) => Err(format!("command: {program}: {e}")),
+    }
+}
+
+/// Where a `secret` value points: an absolute path, or a credential name.
+pub fn secret_path(spec: &str, credentials: Option<&Path>) -> Result<PathBuf, String> {
+    if spec.starts_with('/') {
+        return Ok(PathBuf::from(spec));
+    }
+    let credential = !spec.is_empty()
+        && spec != "."
+        && spec != ".."
+        && spec.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    if !credential {
+        return Err(format!(
+            "secret: {spec:?} is neither an absolute path nor a credential name ([A-Za-z0-9._-])"
+        ));
+    }
+    match credentials {
+        Some(dir) => Ok(dir.join(spec)),
+        None => Err(format!(
+            "secret: {spec:?} names a systemd credential, but {CREDENTIALS_DIRECTORY} is not set; add LoadCredential={spec}:/etc/sockhook/{spec} to the service, or give an absolute path"
+        )),
+    }
+}
+
+fn load_secret(spec: &str, credentials: Option<&Path>) -> Result<Secret, String> {
+    let path = secret_path(spec, credentials)?;
+    let bytes = read_secret_file(&path).map_err(|e| format!("secret: {e}"))?;
+    Ok(Secret(bytes))
+}
+
+/// Reads a key or secret file: its bytes without one trailing newline; never empty.
+pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("{}: larger than {MAX_FILE_BYTES} bytes", path.display()));
+    }
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    if bytes.is_empty() {
+        return Err(format!("{}: empty", path.display()));
+    }
+    Ok(bytes)
+}
+
+/// The server key that tokens derive from.
+#[derive(Clone)]
+pub struct Key(Secret);
+
+impl Key {
+    /// The key's bytes.
+    pub fn expose(&self) -> &[u8] {
+        self.0.expose()
+    }
+
+    /// A key from bytes, e.g. for tests.
+    pub fn from_bytes(bytes: &[u8]) -> Key {
+        Key(Secret(bytes.to_vec()))
+    }
+}
+
+/// The key file to use: `--key`, else the systemd credential, else the default.
+pub fn key_path(explicit: Option<&Path>, credentials: Option<&Path>) -> PathBuf {
+    match (explicit, credentials) {
+        (Some(path), _) => path.to_owned(),
+        (None, Some(dir)) => dir.join(KEY_CREDENTIAL),
+        (None, None) => PathBuf::from(DEFAULT_KEY_FILE),
+    }
+}
+
+/// Loads the server key from `path`.
+pub fn load_key(path: &Path) -> Result<Key, Error> {
+    let config = |reason: String| Error::Config {
+        path: path.to_owned(),
+        reason,
+    };
+    let bytes = read_secret_file(path).map_err(|e| {
+        config(format!(
+            "cannot use the server key ({e}); create it with: head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {}",
+            path.display()
+        ))
+    })?;
+    if bytes.len() < MIN_KEY_BYTES {
+        return Err(config(format!(
+            "the server key has {} bytes; use at least {MIN_KEY_BYTES}",
+            bytes.len()
+        )));
+    }
+    Ok(Key(Secret(bytes)))
+}
+
+/// The contents of a small file, as UTF-8.
+fn read_small(path: &Path) -> Result<String, String> {
+    let mut text = String::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_string(&mut text))
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!("larger than {MAX_FILE_BYTES} bytes"));
+    }
+    Ok(text)
+}
+
+/// A multi-line parser message folded onto one line, for the log.
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn build_str(text: &str) -> Result<Hook, String> {
+        let file: HookFile = toml::from_str(text).map_err(|e| e.to_string())?;
+        build(file, "t", Some(Path::new("/nonexistent-credentials")))
+    }
+
+    #[test]
+    fn minimal_token_hook_gets_defaults() {
+        let hook = build_str("command = [\"/bin/true\"]\nauth = \"token\"\n").unwrap();
+        assert_eq!(hook.methods, ["POST"]);
+        assert_eq!(hook.timeout, DEFAULT_TIMEOUT);
+        assert_eq!(hook.max_body, DEFAULT_MAX_BODY_BYTES);
+    }
+
+    #[test]
+    fn relative_command_is_refused_with_a_fix() {
+        let e = build_str("command = [\"sudo\"]\nauth = \"token\"\n").unwrap_err();
+        assert!(e.contains("not an absolute path") && e.contains("/usr/bin/sudo"), "{e}");
+    }
+
+    #[test]
+    fn none_needs_the_explicit_opt_in() {
+        let e = build_str("command = [\"/bin/true\"]\nauth = \"none\"\n").unwrap_err();
+        assert!(e.contains("allow_unauthenticated = true"), "{e}");
+        build_str("command = [\"/bin/true\"]\nauth = \"none\"\nallow_unauthenticated = true\n").unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_schemes_are_refused() {
+        assert!(build_str("command = [\"/bin/true\"]\nauth = \"token\"\ncomand = 1\n").is_err());
+        assert!(build_str("command = [\"/bin/true\"]\nauth = \"tokn\"\n").is_err());
+    }
+
+    #[test]
+    fn signature_schemes_need_a_secret() {
+        let e = build_str("command = [\"/bin/true\"]\nauth = \"github\"\n").unwrap_err();
+        assert!(e.contains("needs secret"), "{e}");
+    }
+
+    #[test]
+    fn events_need_a_scheme_with_an_event_header() {
+        let e = build_str("command = [\"/bin/true\"]\nauth = \"token\"\nevents = [\"push\"]\n").unwrap_err();
+        assert!(e.starts_with("events:"), "{e}");
+    }
+
+    #[test]
+    fn names_are_restricted() {
+        for ok in ["a", "kodi-restart", "deploy_site.v2", "0"] {
+            assert!(valid_name(ok), "{ok}");
+        }
+        for bad in ["", ".hidden", "a/b", "a b", "é", &"x".repeat(65)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn credential_names_need_the_credentials_directory() {
+        assert_eq!(
+            secret_path("deploy", Some(Path::new("/run/credentials/x"))).unwrap(),
+            Path::new("/run/credentials/x/deploy")
+        );
+        assert!(secret_path("deploy", None).unwrap_err().contains("LoadCredential=deploy:"));
+        assert!(secret_path("../etc/shadow", Some(Path::new("/c"))).is_err());
+        assert_eq!(secret_path("/etc/s", None).unwrap(), Path::new("/etc/s"));
+    }
+}

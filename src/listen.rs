@@ -1,0 +1,296 @@
+//! Stage 1: adopt the socket systemd passed (sd_listen_fds(3)), or bind one.
+//!
+//! A listening socket (`Accept=no`) is served until idle; a connected one
+//! (`Accept=yes`) is one connection. `SO_ACCEPTCONN` tells them apart, since
+//! systemd passes both the same way.
+
+#![allow(unsafe_code)]
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::Duration;
+
+use nix::fcntl::{FcntlArg, FdFlag, fcntl};
+use nix::sys::socket::{AddressFamily, SockType, SockaddrLike, SockaddrStorage, getsockname};
+use nix::sys::socket::{getsockopt, sockopt};
+
+use crate::error::Error;
+
+/// The first fd systemd passes (`SD_LISTEN_FDS_START`).
+pub const LISTEN_FDS_START: RawFd = 3;
+/// Names the process the fds are meant for.
+pub const LISTEN_PID: &str = "LISTEN_PID";
+/// How many fds are passed.
+pub const LISTEN_FDS: &str = "LISTEN_FDS";
+/// Their names, from `FileDescriptorName=`; unused, but removed with the others.
+pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+
+/// What sockhook serves.
+#[derive(Debug)]
+pub enum Socket {
+    /// Listening sockets (`Accept=no`, or `--listen`): accept until idle.
+    Listeners(Vec<Listener>),
+    /// One connected socket (`Accept=yes`): serve it, then exit.
+    Connection(Stream),
+}
+
+/// A listening TCP or Unix stream socket.
+#[derive(Debug)]
+pub enum Listener {
+    /// TCP over IPv4 or IPv6.
+    Tcp(TcpListener),
+    /// A Unix stream socket.
+    Unix(UnixListener),
+}
+
+/// A connected TCP or Unix stream socket.
+#[derive(Debug)]
+pub enum Stream {
+    /// TCP over IPv4 or IPv6.
+    Tcp(TcpStream),
+    /// A Unix stream socket.
+    Unix(UnixStream),
+}
+
+/// How many fds systemd passed to this process: 0 when none were.
+///
+/// Pure, for testing: `pid` and `fds` are the values of `LISTEN_PID` and
+/// `LISTEN_FDS`. Fds meant for another process are an error rather than
+/// "none", so that a wrapper which forgot to set `LISTEN_PID` is noticed.
+pub fn passed_fds(pid: Option<&str>, fds: Option<&str>, our_pid: u32) -> Result<usize, Error> {
+    let Some(fds) = fds else { return Ok(0) };
+    let count: usize = fds
+        .parse()
+        .map_err(|_| Error::Socket(format!("{LISTEN_FDS}={fds:?} is not a number")))?;
+    match pid.map(str::parse::<u32>) {
+        None => Err(Error::Socket(format!(
+            "{LISTEN_FDS} is set but {LISTEN_PID} is not; the activator must set it to the pid it executes"
+        ))),
+        Some(Ok(pid)) if pid == our_pid => Ok(count),
+        Some(_) => Err(Error::Socket(format!(
+            "{LISTEN_PID}={:?} names another process than this one ({our_pid})",
+            pid.unwrap_or_default()
+        ))),
+    }
+}
+
+/// Takes the sockets systemd passed, or `None` when it passed none.
+///
+/// Removes the `LISTEN_*` variables. Call it before any thread is started:
+/// changing the environment while another thread reads it is undefined.
+pub fn from_systemd() -> Result<Option<Socket>, Error> {
+    let pid = std::env::var(LISTEN_PID).ok();
+    let fds = std::env::var(LISTEN_FDS).ok();
+    let count = passed_fds(pid.as_deref(), fds.as_deref(), std::process::id());
+    for name in [LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES] {
+        // SAFETY: sockhook calls this from `main`'s thread before it starts any other.
+        unsafe { std::env::remove_var(name) };
+    }
+    let count = count?;
+    if count == 0 {
+        return Ok(None);
+    }
+    let mut listeners = Vec::with_capacity(count);
+    let mut connection = None;
+    for fd in (LISTEN_FDS_START..).take(count) {
+        match adopt(fd)? {
+            Adopted::Listener(l) => listeners.push(l),
+            Adopted::Connection(c) => connection = Some(c),
+        }
+    }
+    match (connection, listeners.is_empty()) {
+        (Some(c), true) if count == 1 => Ok(Some(Socket::Connection(c))),
+        (Some(_), _) => Err(Error::Socket(format!(
+            "{count} fds passed and one is a connection; Accept=yes passes exactly one"
+        ))),
+        (None, _) => Ok(Some(Socket::Listeners(listeners))),
+    }
+}
+
+enum Adopted {
+    Listener(Listener),
+    Connection(Stream),
+}
+
+fn adopt(fd: RawFd) -> Result<Adopted, Error> {
+    // SAFETY: only borrowed for the F_GETFD probe below, which is harmless on any fd number.
+    let probe = unsafe { BorrowedFd::borrow_raw(fd) };
+    fcntl(probe, FcntlArg::F_GETFD)
+        .map_err(|_| Error::Socket(format!("fd {fd} is not open although {LISTEN_FDS} says so")))?;
+    // SAFETY: fd is open (checked above), systemd handed it to this process, and
+    // it is wrapped exactly once, so the OwnedFd is its only owner.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let kind = getsockopt(&owned, sockopt::SockType)
+        .map_err(|_| Error::Socket(format!("fd {fd} is not a socket")))?;
+    if kind != SockType::Stream {
+        return Err(Error::Socket(format!(
+            "fd {fd} is a {kind:?} socket; sockhook needs a stream socket (ListenStream=)"
+        )));
+    }
+    let family = getsockname::<SockaddrStorage>(owned.as_raw_fd())
+        .ok()
+        .and_then(|addr| addr.family());
+    fcntl(&owned, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map_err(|e| Error::system(format!("set close-on-exec on fd {fd}"), e.into()))?;
+    let listening = getsockopt(&owned, sockopt::AcceptConn)
+        .map_err(|e| Error::system(format!("read SO_ACCEPTCONN of fd {fd}"), e.into()))?;
+    Ok(match (family, listening) {
+        (Some(AddressFamily::Inet | AddressFamily::Inet6), true) => {
+            Adopted::Listener(Listener::Tcp(owned.into()))
+        }
+        (Some(AddressFamily::Inet | AddressFamily::Inet6), false) => {
+            Adopted::Connection(Stream::Tcp(owned.into()))
+        }
+        (Some(AddressFamily::Unix), true) => Adopted::Listener(Listener::Unix(owned.into())),
+        (Some(AddressFamily::Unix), false) => Adopted::Connection(Stream::Unix(owned.into())),
+        (other, _) => {
+            return Err(Error::Socket(format!(
+                "fd {fd} is a stream socket of family {other:?}; sockhook serves TCP and Unix sockets"
+            )));
+        }
+    })
+}
+
+/// Binds `addr` (`IP:PORT`) for `--listen`.
+pub fn bind(addr: &str) -> Result<Listener, Error> {
+    let parsed: SocketAddr = addr.parse().map_err(|_| {
+        Error::Usage(format!("--listen wants IP:PORT such as 127.0.0.1:7777, not {addr:?}"))
+    })?;
+    TcpListener::bind(parsed)
+        .map(Listener::Tcp)
+        .map_err(|e| Error::system(format!("bind {parsed}"), e))
+}
+
+impl Listener {
+    /// Accepts one connection; the new socket is close-on-exec and blocking.
+    pub fn accept(&self) -> io::Result<Stream> {
+        match self {
+            Listener::Tcp(l) => l.accept().map(|(s, _)| Stream::Tcp(s)),
+            Listener::Unix(l) => l.accept().map(|(s, _)| Stream::Unix(s)),
+        }
+    }
+
+    /// Makes `accept` return `WouldBlock` instead of waiting.
+    pub fn set_nonblocking(&self) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.set_nonblocking(true),
+            Listener::Unix(l) => l.set_nonblocking(true),
+        }
+    }
+
+    /// The local address, for the start-up log line.
+    pub fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map_or_else(|_| "tcp".into(), |a| a.to_string()),
+            Listener::Unix(l) => l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+                .unwrap_or_else(|| "unix".into()),
+        }
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix(l) => l.as_fd(),
+        }
+    }
+}
+
+impl Stream {
+    /// The peer's address; `None` for Unix sockets.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Stream::Tcp(s) => s.peer_addr().ok(),
+            Stream::Unix(_) => None,
+        }
+    }
+
+    /// Sets the timeout of the next reads; `None` waits forever.
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(timeout),
+            Stream::Unix(s) => s.set_read_timeout(timeout),
+        }
+    }
+
+    /// Sets the timeout of the next writes.
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(timeout),
+            Stream::Unix(s) => s.set_write_timeout(timeout),
+        }
+    }
+
+    /// Half-closes: sends FIN once everything written is out, keeps reading possible.
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(Shutdown::Write),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::passed_fds;
+
+    #[test]
+    fn no_listen_fds_means_no_socket() {
+        assert_eq!(passed_fds(None, None, 42).unwrap(), 0);
+        assert_eq!(passed_fds(Some("42"), None, 42).unwrap(), 0);
+    }
+
+    #[test]
+    fn fds_for_this_process_are_counted() {
+        assert_eq!(passed_fds(Some("42"), Some("1"), 42).unwrap(), 1);
+        assert_eq!(passed_fds(Some("42"), Some("2"), 42).unwrap(), 2);
+    }
+
+    #[test]
+    fn fds_for_another_process_are_refused() {
+        let e = passed_fds(Some("41"), Some("1"), 42).unwrap_err();
+        assert!(e.to_string().contains("another process"), "{e}");
+    }
+
+    #[test]
+    fn missing_listen_pid_is_refused() {
+        // listenfd accepts this; sd_listen_fds(3) does not, and neither do we.
+        let e = passed_fds(None, Some("1"), 42).unwrap_err();
+        assert!(e.to_string().contains("LISTEN_PID is not"), "{e}");
+    }
+
+    #[test]
+    fn junk_counts_are_refused() {
+        assert!(passed_fds(Some("42"), Some("one"), 42).is_err());
+        assert!(passed_fds(Some("42"), Some("-1"), 42).is_err());
+        assert!(passed_fds(Some("x"), Some("1"), 42).is_err());
+    }
+}

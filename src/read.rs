@@ -1,0 +1,474 @@
+//! Stage 2: read the request head and body within hard limits on bytes and time.
+//!
+//! `httparse` parses the head; body framing is ours (RFC 9112 §6): one valid
+//! `Content-Length`, or `Transfer-Encoding: chunked` alone, nothing else.
+
+use std::io::{self, Read};
+use std::time::{Duration, Instant};
+
+use httparse::Status;
+
+use crate::error::Error;
+use crate::listen::Stream;
+
+/// Longest request head (request line and header fields) accepted, in bytes.
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// Most header fields accepted in a head.
+pub const MAX_HEADERS: usize = 64;
+/// Longest request target (path and query) accepted, in bytes.
+pub const MAX_TARGET_BYTES: usize = 4 * 1024;
+/// Longest method plus the request line's fixed parts, on top of the target.
+const MAX_REQUEST_LINE_EXTRA_BYTES: usize = 64;
+/// Longest chunk-size line (size and extensions) accepted, in bytes.
+pub const MAX_CHUNK_LINE_BYTES: usize = 1024;
+/// Largest body a hook accepts unless its `max_body` says otherwise (GitHub caps at 25 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 25 * 1024 * 1024;
+/// Time a client has for its whole request, head and body.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Size of the read buffer; must exceed `MAX_HEAD_BYTES`.
+const BUFFER_BYTES: usize = 16 * 1024;
+
+/// How the body is delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// `Content-Length` bytes.
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// A parsed, validated request head.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Head {
+    /// The method, as sent (methods are case-sensitive).
+    pub method: String,
+    /// The path part of the target, raw (no percent-decoding).
+    pub path: String,
+    /// The query after `?`, raw, if any.
+    pub query: Option<String>,
+    /// 0 for HTTP/1.0, 1 for HTTP/1.1.
+    pub minor_version: u8,
+    /// Header fields in order, names in lower case.
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// How the body is delimited.
+    pub framing: Framing,
+    /// The client sent `Expect: 100-continue` and waits before sending its body.
+    pub expect_continue: bool,
+}
+
+impl Head {
+    /// The first field called `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    /// The first field called `name`, if it is valid UTF-8.
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// Every field called `name`.
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
+        self.headers
+            .iter()
+            .filter(move |(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Parses a head from the start of `buf`.
+///
+/// Returns the head and its length in bytes, `None` if more bytes are needed,
+/// or the error to answer with. Pure, so that every case is a unit test.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Error> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut fields);
+    let len = match request.parse(buf) {
+        Ok(Status::Complete(len)) if len > MAX_HEAD_BYTES => return Err(Error::HeadTooLarge),
+        Ok(Status::Complete(len)) => len,
+        Ok(Status::Partial) => {
+            let line_open = !buf.contains(&b'\n');
+            if line_open && buf.len() > MAX_TARGET_BYTES + MAX_REQUEST_LINE_EXTRA_BYTES {
+                return Err(Error::TargetTooLong);
+            }
+            if buf.len() >= MAX_HEAD_BYTES {
+                return Err(Error::HeadTooLarge);
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(Error::HeadTooLarge),
+        Err(httparse::Error::Version) => return Err(Error::Malformed("not an HTTP/1.x request")),
+        Err(httparse::Error::HeaderName) => return Err(Error::Malformed("invalid header name")),
+        Err(httparse::Error::HeaderValue) => return Err(Error::Malformed("invalid header value")),
+        Err(httparse::Error::Token) => return Err(Error::Malformed("invalid method or target")),
+        Err(_) => return Err(Error::Malformed("invalid request line")),
+    };
+    let (Some(method), Some(target), Some(minor_version)) =
+        (request.method, request.path, request.version)
+    else {
+        return Err(Error::Malformed("incomplete request line"));
+    };
+    if target.len() > MAX_TARGET_BYTES {
+        return Err(Error::TargetTooLong);
+    }
+    if !target.starts_with('/') {
+        return Err(Error::Malformed("request target must be a path (origin-form)"));
+    }
+    let (path, query) = match target.split_once('?') {
+        Some((path, query)) => (path, Some(query.to_owned())),
+        None => (target, None),
+    };
+    let mut head = Head {
+        method: method.to_owned(),
+        path: path.to_owned(),
+        query,
+        minor_version,
+        headers: request
+            .headers
+            .iter()
+            .map(|h| (h.name.to_ascii_lowercase(), h.value.to_vec()))
+            .collect(),
+        framing: Framing::Empty,
+        expect_continue: false,
+    };
+    validate(&mut head)?;
+    Ok(Some((head, len)))
+}
+
+/// Checks the fields that decide how the request is read (RFC 9112 §3.2, §6).
+fn validate(head: &mut Head) -> Result<(), Error> {
+    let hosts = head.all("host").count();
+    if hosts > 1 || (head.minor_version == 1 && hosts == 0) {
+        return Err(Error::Malformed("HTTP/1.1 needs exactly one Host field"));
+    }
+    let mut lengths = head.all("content-length");
+    let length = match (lengths.next(), lengths.next()) {
+        (None, _) => None,
+        (Some(_), Some(_)) => return Err(Error::Malformed("more than one Content-Length")),
+        (Some(value), None) => Some(parse_length(value)?),
+    };
+    drop(lengths);
+    let codings: Vec<String> = head
+        .all("transfer-encoding")
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(|c| String::from_utf8_lossy(c).trim().to_ascii_lowercase())
+        .collect();
+    head.framing = match (length, codings.is_empty()) {
+        (Some(0), true) | (None, true) => Framing::Empty,
+        (Some(n), true) => Framing::Length(n),
+        (Some(_), false) => {
+            return Err(Error::Malformed("both Content-Length and Transfer-Encoding"));
+        }
+        (None, false) if head.minor_version == 0 => {
+            return Err(Error::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        (None, false) => match codings.iter().filter(|c| *c == "chunked").count() {
+            _ if codings.iter().any(|c| c.is_empty()) => {
+                return Err(Error::Malformed("empty transfer coding"));
+            }
+            _ if codings.iter().any(|c| c != "chunked") => return Err(Error::UnsupportedCoding),
+            1 => Framing::Chunked,
+            _ => return Err(Error::Malformed("chunked applied more than once")),
+        },
+    };
+    if let Some(expect) = head.header("expect") {
+        if !expect.eq_ignore_ascii_case(b"100-continue") {
+            return Err(Error::ExpectationFailed);
+        }
+        head.expect_continue = head.minor_version == 1 && head.framing != Framing::Empty;
+    }
+    let body_method = matches!(head.method.as_str(), "POST" | "PUT" | "PATCH");
+    if head.minor_version == 0 && body_method && length.is_none() {
+        return Err(Error::LengthRequired);
+    }
+    Ok(())
+}
+
+/// A `Content-Length` value: decimal digits only, no sign, no list.
+fn parse_length(value: &[u8]) -> Result<u64, Error> {
+    let invalid = Error::Malformed("invalid Content-Length");
+    if value.is_empty() || value.len() > 19 || !value.iter().all(u8::is_ascii_digit) {
+        return Err(invalid);
+    }
+    std::str::from_utf8(value)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(invalid)
+}
+
+/// Reads one request from a connection, never more than the limits allow.
+///
+/// INVARIANT: `buf[start..end]` holds bytes read from the peer and not yet consumed.
+pub struct Reader {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+    deadline: Instant,
+}
+
+impl Reader {
+    /// A reader whose every read must finish by `deadline`.
+    pub fn new(deadline: Instant) -> Reader {
+        Reader {
+            buf: vec![0; BUFFER_BYTES].into_boxed_slice(),
+            start: 0,
+            end: 0,
+            deadline,
+        }
+    }
+
+    /// Whether bytes after the head are already buffered (the client did not wait for `100 Continue`).
+    pub fn has_buffered(&self) -> bool {
+        self.start < self.end
+    }
+
+    /// Reads and validates the head. `Error::Closed` means no byte came at all.
+    pub fn read_head(&mut self, stream: &mut Stream) -> Result<Head, Error> {
+        loop {
+            if let Some((head, len)) = parse_head(&self.buf[self.start..self.end])? {
+                self.start += len;
+                return Ok(head);
+            }
+            self.fill(stream)?;
+        }
+    }
+
+    /// Reads the body framed by `framing` and hands it to `sink` piece by piece.
+    ///
+    /// Fails with `BodyTooLarge` as soon as more than `max_body` bytes are
+    /// announced or received; returns the body's length.
+    pub fn read_body(
+        &mut self,
+        stream: &mut Stream,
+        framing: Framing,
+        max_body: u64,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<u64, Error> {
+        match framing {
+            Framing::Empty => Ok(0),
+            Framing::Length(len) if len > max_body => Err(Error::BodyTooLarge { limit: max_body }),
+            Framing::Length(len) => self.copy(stream, len, sink).map(|()| len),
+            Framing::Chunked => self.read_chunked(stream, max_body, sink),
+        }
+    }
+
+    fn read_chunked(
+        &mut self,
+        stream: &mut Stream,
+        max_body: u64,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<u64, Error> {
+        let mut total: u64 = 0;
+        loop {
+            let size = loop {
+                match httparse::parse_chunk_size(&self.buf[self.start..self.end]) {
+                    Ok(Status::Complete((len, size))) => {
+                        self.start += len;
+                        break size;
+                    }
+                    Ok(Status::Partial) if self.end - self.start >= MAX_CHUNK_LINE_BYTES => {
+                        return Err(Error::Malformed("chunk-size line too long"));
+                    }
+                    Ok(Status::Partial) => self.fill(stream)?,
+                    Err(_) => return Err(Error::Malformed("invalid chunk size")),
+                }
+            };
+            if size == 0 {
+                self.skip_trailers(stream)?;
+                return Ok(total);
+            }
+            total = total
+                .checked_add(size)
+                .filter(|&t| t <= max_body)
+                .ok_or(Error::BodyTooLarge { limit: max_body })?;
+            self.copy(stream, size, sink)?;
+            while self.end - self.start < 2 {
+                self.fill(stream)?;
+            }
+            if &self.buf[self.start..self.start + 2] != b"\r\n" {
+                return Err(Error::Malformed("chunk data not followed by CRLF"));
+            }
+            self.start += 2;
+        }
+    }
+
+    /// Consumes the trailer section after the last chunk; its fields are ignored.
+    fn skip_trailers(&mut self, stream: &mut Stream) -> Result<(), Error> {
+        let mut seen = 0;
+        loop {
+            let pending = &self.buf[self.start..self.end];
+            match pending.iter().position(|&b| b == b'\n') {
+                Some(nl) => {
+                    let blank = pending[..nl].iter().all(|&b| b == b'\r') && nl <= 1;
+                    self.start += nl + 1;
+                    seen += nl + 1;
+                    if blank {
+                        return Ok(());
+                    }
+                }
+                None => self.fill(stream)?,
+            }
+            if seen > MAX_HEAD_BYTES || self.end - self.start > MAX_HEAD_BYTES {
+                return Err(Error::HeadTooLarge);
+            }
+        }
+    }
+
+    /// Moves exactly `len` bytes from the peer to `sink`.
+    fn copy(
+        &mut self,
+        stream: &mut Stream,
+        mut len: u64,
+        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+    ) -> Result<(), Error> {
+        while len > 0 {
+            if self.start == self.end {
+                self.fill(stream)?;
+            }
+            let take = (self.end - self.start).min(usize::try_from(len).unwrap_or(usize::MAX));
+            sink(&self.buf[self.start..self.start + take])
+                .map_err(|e| Error::system("spool the body", e))?;
+            self.start += take;
+            len -= take as u64;
+        }
+        Ok(())
+    }
+
+    /// Reads at least one more byte, compacting the buffer first if needed.
+    fn fill(&mut self, stream: &mut Stream) -> Result<(), Error> {
+        if self.start == self.end {
+            (self.start, self.end) = (0, 0);
+        } else if self.end == self.buf.len() {
+            self.buf.copy_within(self.start..self.end, 0);
+            (self.start, self.end) = (0, self.end - self.start);
+        }
+        loop {
+            let left = self.deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(Error::Timeout);
+            }
+            stream.set_read_timeout(Some(left)).map_err(Error::Peer)?;
+            match stream.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Err(Error::Closed),
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    return Err(Error::Timeout);
+                }
+                Err(e) => return Err(Error::Peer(e)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(bytes: &[u8]) -> Result<Option<Head>, u16> {
+        parse_head(bytes).map(|o| o.map(|(h, _)| h)).map_err(|e| e.status())
+    }
+
+    /// `case!{name, request bytes, expected status}` — the head is refused with that status.
+    macro_rules! refused {
+        ($($name:ident, $bytes:expr, $status:expr;)*) => {$(
+            #[test]
+            fn $name() {
+                assert_eq!(parse($bytes).map(|_| ()), Err($status));
+            }
+        )*};
+    }
+
+    refused! {
+        garbage_is_400, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400;
+        http2_preface_is_400, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400;
+        http09_is_400, b"GET /hooks/a\r\n\r\n", 400;
+        absolute_form_is_400, b"POST http://example.com/hooks/a HTTP/1.1\r\nHost: x\r\n\r\n", 400;
+        asterisk_form_is_400, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 400;
+        nul_in_target_is_400, b"POST /hooks/\0a HTTP/1.1\r\nHost: x\r\n\r\n", 400;
+        control_byte_in_value_is_400, b"POST /hooks/a HTTP/1.1\r\nHost: x\x01y\r\n\r\n", 400;
+        missing_host_is_400, b"POST /hooks/a HTTP/1.1\r\n\r\n", 400;
+        two_hosts_are_400, b"POST /hooks/a HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", 400;
+        two_content_lengths_are_400, b"POST /hooks/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\n", 400;
+        content_length_list_is_400, b"POST /hooks/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1, 1\r\n\r\n", 400;
+        signed_content_length_is_400, b"POST /hooks/a HTTP/1.1\r\nHost: x\r\nContent-Length: +1\r\n\r\n", 400;
+        huge_content_length_is_400, b"POST /hooks/a HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999\r\n\r\n", 400;
+        length_and_chunked_is_400, b"POST /hooks/a HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n", 400;
+        double_chunked_is_400, b"POST /hooks/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, chunked\r\n\r\n", 400;
+        chunked_in_http10_is_400, b"POST /hooks/a HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400;
+        gzip_coding_is_501, b"POST /hooks/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501;
+        expect_other_is_417, b"POST /hooks/a HTTP/1.1\r\nHost: x\r\nExpect: something\r\nContent-Length: 1\r\n\r\n", 417;
+        http10_post_without_length_is_411, b"POST /hooks/a HTTP/1.0\r\n\r\n", 411;
+    }
+
+    #[test]
+    fn too_many_headers_is_431() {
+        let mut req = b"POST /hooks/a HTTP/1.1\r\nHost: x\r\n".to_vec();
+        for i in 0..MAX_HEADERS {
+            req.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
+        }
+        req.extend_from_slice(b"\r\n");
+        assert_eq!(parse(&req).map(|_| ()), Err(431));
+    }
+
+    #[test]
+    fn head_over_limit_is_431_even_while_partial() {
+        let mut req = b"POST /hooks/a HTTP/1.1\r\nHost: x\r\nX-Big: ".to_vec();
+        req.resize(MAX_HEAD_BYTES, b'a');
+        assert_eq!(parse(&req).map(|_| ()), Err(431));
+    }
+
+    #[test]
+    fn long_target_is_414_before_the_line_ends() {
+        let mut req = b"POST /".to_vec();
+        req.resize(MAX_TARGET_BYTES + 100, b'a');
+        assert_eq!(parse(&req).map(|_| ()), Err(414));
+    }
+
+    #[test]
+    fn long_complete_target_is_414() {
+        let target = "/".repeat(MAX_TARGET_BYTES + 1);
+        let req = format!("GET {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(parse(req.as_bytes()).map(|_| ()), Err(414));
+    }
+
+    #[test]
+    fn partial_head_needs_more() {
+        assert_eq!(parse(b"POST /hooks/a HTTP/1.1\r\nHost: x\r\n"), Ok(None));
+    }
+
+    #[test]
+    fn valid_head_is_split_into_path_and_query() {
+        let request = b"POST /hooks/a?x=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nX-GitHub-Event: push\r\n\r\nhello";
+        let (head, len) = parse_head(request).unwrap().unwrap();
+        assert_eq!(head.path, "/hooks/a");
+        assert_eq!(head.query.as_deref(), Some("x=1"));
+        assert_eq!(head.framing, Framing::Length(5));
+        assert_eq!(head.header_str("x-github-event"), Some("push"));
+        assert_eq!(len, request.len() - b"hello".len());
+    }
+
+    #[test]
+    fn chunked_and_expect_are_recognised() {
+        let head = parse(b"POST /hooks/a HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: Chunked\r\nExpect: 100-Continue\r\n\r\n")
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.framing, Framing::Chunked);
+        assert!(head.expect_continue);
+    }
+
+    #[test]
+    fn http10_without_host_is_fine() {
+        let head = parse(b"GET /hooks/a HTTP/1.0\r\n\r\n").unwrap().unwrap();
+        assert_eq!(head.minor_version, 0);
+        assert_eq!(head.framing, Framing::Empty);
+    }
+}

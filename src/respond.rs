@@ -1,0 +1,264 @@
+//! Stage 5: answer, half-close, drain, close — so the answer is never lost.
+//!
+//! Closing a socket with unread input makes Linux send RST instead of FIN, and
+//! the peer may then discard the response it already received (RFC 1122
+//! §4.2.2.13, RFC 2525 §2.17, hyper#3078: the netcat race). So after the
+//! response the write side is shut down and the peer's remaining bytes are read
+//! and discarded, within bounds, before the socket is closed. [`Connection`]
+//! does that in `Drop`, so no path can skip it.
+
+use std::io::{self, Read, Write};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::error::Error;
+use crate::listen::Stream;
+
+/// Longest wait for one read while draining.
+pub const DRAIN_READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest time spent draining in all.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most bytes read and discarded while draining.
+pub const DRAIN_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// Longest wait for one write of the response.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A response: status, extra header fields, and a short plain-text body.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// Extra header fields (`Allow`, `WWW-Authenticate`).
+    pub headers: Vec<(&'static str, String)>,
+    /// The body; empty for 204.
+    pub body: String,
+}
+
+impl Response {
+    /// 204 No Content: accepted, the command is queued.
+    pub fn accepted() -> Response {
+        Response {
+            status: 204,
+            headers: Vec::new(),
+            body: String::new(),
+        }
+    }
+
+    /// 200 OK with a line of text.
+    pub fn ok(text: &str) -> Response {
+        Response {
+            status: 200,
+            headers: Vec::new(),
+            body: format!("{text}\n"),
+        }
+    }
+
+    /// The answer to a refused request. Server-side details stay in the log.
+    pub fn refusal(error: &Error) -> Response {
+        let mut headers = Vec::new();
+        match error {
+            Error::MethodNotAllowed { allow } => headers.push(("Allow", allow.clone())),
+            Error::Unauthorized { challenge: true, .. } => {
+                headers.push(("WWW-Authenticate", "Basic realm=\"sockhook\"".into()));
+            }
+            _ => {}
+        }
+        let body = match error {
+            Error::HookBroken { .. } => "hook misconfigured; the server's log says why".into(),
+            e if e.status() >= 500 && e.status() != 501 => "internal error".into(),
+            e => e.to_string(),
+        };
+        Response {
+            status: error.status(),
+            headers,
+            body: format!("{body}\n"),
+        }
+    }
+
+    /// The bytes on the wire, dated `now`.
+    pub fn to_bytes(&self, now: SystemTime) -> Vec<u8> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nDate: {}\r\nConnection: close\r\n",
+            self.status,
+            reason_phrase(self.status),
+            http_date(now)
+        );
+        for (name, value) in &self.headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        // RFC 9110 §8.6: a 204 has no body and no Content-Length.
+        if self.status != 204 {
+            out.push_str(&format!(
+                "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+                self.body.len()
+            ));
+        }
+        out.push_str("\r\n");
+        if self.status != 204 {
+            out.push_str(&self.body);
+        }
+        out.into_bytes()
+    }
+}
+
+/// The reason phrase of each status sockhook sends (RFC 9110 §15).
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        204 => "No Content",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        _ => "Unknown",
+    }
+}
+
+/// An IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
+pub fn http_date(now: SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms").
+    let z = days + 719_468;
+    let (era, doe) = (z / 146_097, z % 146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+/// A client connection that is always closed cleanly: half-close, drain, close.
+pub struct Connection {
+    stream: Stream,
+    finished: bool,
+}
+
+impl Connection {
+    /// Wraps an accepted stream; writes time out after [`WRITE_TIMEOUT`].
+    pub fn new(stream: Stream) -> Connection {
+        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
+        Connection {
+            stream,
+            finished: false,
+        }
+    }
+
+    /// The stream, for reading the request.
+    pub fn stream(&mut self) -> &mut Stream {
+        &mut self.stream
+    }
+
+    /// Tells a client that sent `Expect: 100-continue` to send its body.
+    pub fn send_continue(&mut self) -> io::Result<()> {
+        self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+    }
+
+    /// Writes the whole response.
+    pub fn respond(&mut self, response: &Response) -> io::Result<()> {
+        self.stream.write_all(&response.to_bytes(SystemTime::now()))
+    }
+
+    /// Half-closes, drains and closes now rather than when dropped.
+    pub fn close(mut self) {
+        self.finish();
+    }
+
+    fn finish(&mut self) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        // Never SO_LINGER 0: that sends RST by design.
+        if self.stream.shutdown_write().is_ok() {
+            drain(&mut self.stream);
+        }
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+/// Reads and discards until the peer closes, or a time or byte bound is reached.
+fn drain(stream: &mut Stream) {
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    let mut discard = [0u8; 4096];
+    let mut total: u64 = 0;
+    while total < DRAIN_MAX_BYTES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || stream.set_read_timeout(Some(left.min(DRAIN_READ_TIMEOUT))).is_err() {
+            return;
+        }
+        match stream.read(&mut discard) {
+            Ok(0) => return,
+            Ok(n) => total += n as u64,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates_are_imf_fixdate() {
+        let t = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(http_date(t), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(http_date(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400);
+        assert_eq!(http_date(leap), "Tue, 29 Feb 2000 00:00:00 GMT");
+    }
+
+    #[test]
+    fn no_content_has_no_body_and_no_length() {
+        let bytes = String::from_utf8(Response::accepted().to_bytes(UNIX_EPOCH)).unwrap();
+        assert_eq!(
+            bytes,
+            "HTTP/1.1 204 No Content\r\nDate: Thu, 01 Jan 1970 00:00:00 GMT\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn refusals_carry_their_headers_and_a_length() {
+        let r = Response::refusal(&Error::MethodNotAllowed { allow: "POST".into() });
+        let bytes = String::from_utf8(r.to_bytes(UNIX_EPOCH)).unwrap();
+        assert!(bytes.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
+        assert!(bytes.contains("\r\nAllow: POST\r\n"));
+        assert!(bytes.ends_with(&format!("Content-Length: {}\r\n\r\n{}", r.body.len(), r.body)));
+        let r = Response::refusal(&Error::Unauthorized { reason: "x".into(), challenge: true });
+        assert_eq!(r.headers, [("WWW-Authenticate", "Basic realm=\"sockhook\"".to_string())]);
+    }
+
+    #[test]
+    fn misconfiguration_details_stay_in_the_log() {
+        let r = Response::refusal(&Error::HookBroken { reason: "/etc/sockhook/secret: denied".into() });
+        assert_eq!(r.status, 500);
+        assert!(!r.body.contains("/etc"), "{}", r.body);
+    }
+}
