@@ -169,10 +169,12 @@ fn run_once(shared: &Shared, job: Job) -> bool {
 
     let (output_done, output_finished) = mpsc::channel();
     let logger = name.clone();
-    let _ = thread::Builder::new().name(format!("log {name}")).spawn(move || {
-        log_output(&logger, output);
-        let _ = output_done.send(());
-    });
+    let _ = thread::Builder::new()
+        .name(format!("log {name}"))
+        .spawn(move || {
+            log_output(&logger, output);
+            let _ = output_done.send(());
+        });
     let (exited, exit) = mpsc::channel();
     let mut child = child;
     let waiter = thread::Builder::new()
@@ -200,7 +202,10 @@ fn run_once(shared: &Shared, job: Job) -> bool {
             true
         }
         Ok(status) => {
-            warning!("hook {name}: run {pid} {} after {elapsed:.3} s", describe(status));
+            warning!(
+                "hook {name}: run {pid} {} after {elapsed:.3} s",
+                describe(status)
+            );
             false
         }
         Err(e) => {
@@ -240,7 +245,10 @@ fn log_output(name: &str, output: PipeReader) {
     let mut line = Vec::new();
     loop {
         line.clear();
-        match (&mut input).take(Clean::OUTPUT_MAX as u64).read_until(b'\n', &mut line) {
+        match (&mut input)
+            .take(Clean::OUTPUT_MAX as u64)
+            .read_until(b'\n', &mut line)
+        {
             Ok(0) | Err(_) => return,
             Ok(_) => {
                 let text = line.strip_suffix(b"\n").unwrap_or(&line);
@@ -263,7 +271,11 @@ fn describe(status: ExitStatus) -> String {
 }
 
 /// Stops a run that outlived its timeout: SIGTERM to its group, then SIGKILL.
-fn stop_group(hook: &Hook, pid: u32, exit: &mpsc::Receiver<io::Result<ExitStatus>>) -> io::Result<ExitStatus> {
+fn stop_group(
+    hook: &Hook,
+    pid: u32,
+    exit: &mpsc::Receiver<io::Result<ExitStatus>>,
+) -> io::Result<ExitStatus> {
     let (name, group) = (&hook.name, Pid::from_raw(pid as i32));
     warning!(
         "hook {name}: run {pid} timed out after {} s; sending SIGTERM to its process group",

@@ -39,7 +39,10 @@ pub fn check(hooks_dir: &Path, key: Option<&Path>) -> u8 {
         }
     }
     for path in &hooks.skipped {
-        println!("{}: skipped: not NAME.toml with NAME of [A-Za-z0-9._-]", path.display());
+        println!(
+            "{}: skipped: not NAME.toml with NAME of [A-Za-z0-9._-]",
+            path.display()
+        );
     }
     for problem in &problems {
         println!("{problem}");
@@ -50,5 +53,9 @@ pub fn check(hooks_dir: &Path, key: Option<&Path>) -> u8 {
         hooks_dir.display(),
         problems.len()
     );
-    if problems.is_empty() { EXIT_OK } else { EXIT_FAILED }
+    if problems.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_FAILED
+    }
 }

@@ -164,13 +164,19 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
         }),
         "check" => Command::Check { hooks_dir, key },
         "token" => {
-            let path = positional
-                .pop()
-                .ok_or_else(|| Error::Usage("token: give the PATH, e.g. /hooks/kodi-restart".into()))?;
+            let path = positional.pop().ok_or_else(|| {
+                Error::Usage("token: give the PATH, e.g. /hooks/kodi-restart".into())
+            })?;
             if !path.starts_with('/') {
-                return Err(Error::Usage(format!("token: PATH must start with /, not {path:?}")));
+                return Err(Error::Usage(format!(
+                    "token: PATH must start with /, not {path:?}"
+                )));
             }
-            Command::Token { path, key, url_base }
+            Command::Token {
+                path,
+                key,
+                url_base,
+            }
         }
         _ => Command::Sign {
             scheme: scheme.ok_or_else(|| Error::Usage("sign: --scheme is required".into()))?,
@@ -186,7 +192,9 @@ fn seconds(name: &str, value: OsString, zero_ok: bool) -> Result<Duration, Error
         .parse()
         .map_err(|_| Error::Usage(format!("--{name}: {text:?} is not a number of seconds")))?;
     if !secs.is_finite() || secs < 0.0 || (secs == 0.0 && !zero_ok) || secs > 86_400.0 * 365.0 {
-        return Err(Error::Usage(format!("--{name}: {text} seconds is out of range")));
+        return Err(Error::Usage(format!(
+            "--{name}: {text} seconds is out of range"
+        )));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -205,7 +213,9 @@ mod tests {
 
     #[test]
     fn serve_defaults() {
-        let Command::Serve(options) = parse_str(&["serve"]).unwrap() else { panic!() };
+        let Command::Serve(options) = parse_str(&["serve"]).unwrap() else {
+            panic!()
+        };
         assert_eq!(options.hooks_dir, PathBuf::from(DEFAULT_HOOKS_DIR));
         assert_eq!(options.idle_timeout, None);
         assert_eq!(options.request_timeout, DEFAULT_REQUEST_TIMEOUT);
@@ -214,7 +224,14 @@ mod tests {
     #[test]
     fn serve_options() {
         let Command::Serve(options) = parse_str(&[
-            "serve", "--hooks", "/h", "--key=/k", "--listen", "127.0.0.1:1", "--idle-timeout", "0.5",
+            "serve",
+            "--hooks",
+            "/h",
+            "--key=/k",
+            "--listen",
+            "127.0.0.1:1",
+            "--idle-timeout",
+            "0.5",
         ])
         .unwrap() else {
             panic!()
@@ -245,13 +262,26 @@ mod tests {
         assert!(parse_str(&["token", "hooks/a"]).is_err());
         assert_eq!(
             parse_str(&["token", "/hooks/a", "--url-base", "http://h"]).unwrap(),
-            Command::Token { path: "/hooks/a".into(), key: None, url_base: Some("http://h".into()) }
+            Command::Token {
+                path: "/hooks/a".into(),
+                key: None,
+                url_base: Some("http://h".into())
+            }
         );
     }
 
     #[test]
     fn help_lists_every_option_the_parser_knows() {
-        for option in ["--hooks", "--key", "--listen", "--idle-timeout", "--request-timeout", "--url-base", "--scheme", "--secret"] {
+        for option in [
+            "--hooks",
+            "--key",
+            "--listen",
+            "--idle-timeout",
+            "--request-timeout",
+            "--url-base",
+            "--scheme",
+            "--secret",
+        ] {
             assert!(HELP.contains(option), "{option}");
         }
     }

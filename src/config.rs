@@ -205,9 +205,7 @@ impl Hooks {
 pub fn valid_name(name: &str) -> bool {
     let ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     let mut chars = name.chars();
-    name.len() <= MAX_NAME_BYTES
-        && chars.next().is_some_and(ok)
-        && chars.all(|c| ok(c) || c == '.')
+    name.len() <= MAX_NAME_BYTES && chars.next().is_some_and(ok) && chars.all(|c| ok(c) || c == '.')
 }
 
 /// Loads every `NAME.toml` in `dir`. `credentials` is `$CREDENTIALS_DIRECTORY`.
@@ -218,7 +216,9 @@ pub fn load(dir: &Path, credentials: Option<&Path>) -> Hooks {
         Err(e) => {
             hooks.general.push(Problem {
                 path: dir.to_owned(),
-                message: format!("cannot read the hooks directory: {e}; create it or pass --hooks DIR"),
+                message: format!(
+                    "cannot read the hooks directory: {e}; create it or pass --hooks DIR"
+                ),
             });
             return hooks;
         }
@@ -290,7 +290,11 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         (_, None) => {}
     }
     let methods = file.methods.unwrap_or_else(|| vec!["POST".into()]);
-    if methods.is_empty() || !methods.iter().all(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase())) {
+    if methods.is_empty()
+        || !methods
+            .iter()
+            .all(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()))
+    {
         return Err("methods: give a non-empty list of upper-case methods, e.g. [\"POST\"]".into());
     }
     if let Some(events) = &file.events {
@@ -307,12 +311,20 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
     let timeout = match file.timeout {
         None => DEFAULT_TIMEOUT,
         Some(secs @ 1..=MAX_TIMEOUT_SECS) => Duration::from_secs(secs),
-        Some(secs) => return Err(format!("timeout: {secs} s is outside 1..={MAX_TIMEOUT_SECS}")),
+        Some(secs) => {
+            return Err(format!(
+                "timeout: {secs} s is outside 1..={MAX_TIMEOUT_SECS}"
+            ));
+        }
     };
     let max_body = match file.max_body {
         None => DEFAULT_MAX_BODY_BYTES,
         Some(bytes @ 0..=MAX_MAX_BODY_BYTES) => bytes,
-        Some(bytes) => return Err(format!("max_body: {bytes} is over the limit of {MAX_MAX_BODY_BYTES} bytes")),
+        Some(bytes) => {
+            return Err(format!(
+                "max_body: {bytes} is over the limit of {MAX_MAX_BODY_BYTES} bytes"
+            ));
+        }
     };
     Ok(Hook {
         name: name.to_owned(),
@@ -354,7 +366,9 @@ pub fn secret_path(spec: &str, credentials: Option<&Path>) -> Result<PathBuf, St
     let credential = !spec.is_empty()
         && spec != "."
         && spec != ".."
-        && spec.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        && spec
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
     if !credential {
         return Err(format!(
             "secret: {spec:?} is neither an absolute path nor a credential name ([A-Za-z0-9._-])"
@@ -381,7 +395,10 @@ pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
         .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
         .map_err(|e| format!("{}: {e}", path.display()))?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!("{}: larger than {MAX_FILE_BYTES} bytes", path.display()));
+        return Err(format!(
+            "{}: larger than {MAX_FILE_BYTES} bytes",
+            path.display()
+        ));
     }
     if bytes.ends_with(b"\n") {
         bytes.pop();
@@ -478,14 +495,18 @@ mod tests {
     #[test]
     fn relative_command_is_refused_with_a_fix() {
         let e = build_str("command = [\"sudo\"]\nauth = \"token\"\n").unwrap_err();
-        assert!(e.contains("not an absolute path") && e.contains("/usr/bin/sudo"), "{e}");
+        assert!(
+            e.contains("not an absolute path") && e.contains("/usr/bin/sudo"),
+            "{e}"
+        );
     }
 
     #[test]
     fn none_needs_the_explicit_opt_in() {
         let e = build_str("command = [\"/bin/true\"]\nauth = \"none\"\n").unwrap_err();
         assert!(e.contains("allow_unauthenticated = true"), "{e}");
-        build_str("command = [\"/bin/true\"]\nauth = \"none\"\nallow_unauthenticated = true\n").unwrap();
+        build_str("command = [\"/bin/true\"]\nauth = \"none\"\nallow_unauthenticated = true\n")
+            .unwrap();
     }
 
     #[test]
@@ -502,7 +523,8 @@ mod tests {
 
     #[test]
     fn events_need_a_scheme_with_an_event_header() {
-        let e = build_str("command = [\"/bin/true\"]\nauth = \"token\"\nevents = [\"push\"]\n").unwrap_err();
+        let e = build_str("command = [\"/bin/true\"]\nauth = \"token\"\nevents = [\"push\"]\n")
+            .unwrap_err();
         assert!(e.starts_with("events:"), "{e}");
     }
 
@@ -522,7 +544,11 @@ mod tests {
             secret_path("deploy", Some(Path::new("/run/credentials/x"))).unwrap(),
             Path::new("/run/credentials/x/deploy")
         );
-        assert!(secret_path("deploy", None).unwrap_err().contains("LoadCredential=deploy:"));
+        assert!(
+            secret_path("deploy", None)
+                .unwrap_err()
+                .contains("LoadCredential=deploy:")
+        );
         assert!(secret_path("../etc/shadow", Some(Path::new("/c"))).is_err());
         assert_eq!(secret_path("/etc/s", None).unwrap(), Path::new("/etc/s"));
     }

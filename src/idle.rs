@@ -30,7 +30,10 @@ impl Activity {
     /// A new tracker, and the pipe end the accept loop polls to be woken.
     pub fn new() -> std::io::Result<(Arc<Activity>, PipeReader)> {
         let (reader, wake) = std::io::pipe()?;
-        for end in [fcntl(&reader, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)), fcntl(&wake, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))] {
+        for end in [
+            fcntl(&reader, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)),
+            fcntl(&wake, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)),
+        ] {
             end?;
         }
         let activity = Activity {

@@ -51,11 +51,21 @@ fn dispatch(args: impl IntoIterator<Item = OsString>) -> Result<u8, Error> {
         Command::Version => println!("sockhook {}", env!("CARGO_PKG_VERSION")),
         Command::Serve(options) => return serve::serve(&options),
         Command::Check { hooks_dir, key } => return Ok(check::check(&hooks_dir, key.as_deref())),
-        Command::Token { path, key, url_base } => {
-            println!("{}", tools::token(&path, key.as_deref(), url_base.as_deref())?);
+        Command::Token {
+            path,
+            key,
+            url_base,
+        } => {
+            println!(
+                "{}",
+                tools::token(&path, key.as_deref(), url_base.as_deref())?
+            );
         }
         Command::Sign { scheme, secret } => {
-            println!("{}", tools::sign(&scheme, &secret, &mut std::io::stdin().lock())?);
+            println!(
+                "{}",
+                tools::sign(&scheme, &secret, &mut std::io::stdin().lock())?
+            );
         }
     }
     Ok(EXIT_OK)

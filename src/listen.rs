@@ -156,7 +156,9 @@ fn adopt(fd: RawFd) -> Result<Adopted, Error> {
 /// Binds `addr` (`IP:PORT`) for `--listen`.
 pub fn bind(addr: &str) -> Result<Listener, Error> {
     let parsed: SocketAddr = addr.parse().map_err(|_| {
-        Error::Usage(format!("--listen wants IP:PORT such as 127.0.0.1:7777, not {addr:?}"))
+        Error::Usage(format!(
+            "--listen wants IP:PORT such as 127.0.0.1:7777, not {addr:?}"
+        ))
     })?;
     TcpListener::bind(parsed)
         .map(Listener::Tcp)
@@ -183,7 +185,9 @@ impl Listener {
     /// The local address, for the start-up log line.
     pub fn describe(&self) -> String {
         match self {
-            Listener::Tcp(l) => l.local_addr().map_or_else(|_| "tcp".into(), |a| a.to_string()),
+            Listener::Tcp(l) => l
+                .local_addr()
+                .map_or_else(|_| "tcp".into(), |a| a.to_string()),
             Listener::Unix(l) => l
                 .local_addr()
                 .ok()

@@ -34,7 +34,10 @@ impl Level {
 
 /// Decides once, from the environment, whether lines carry `<N>` prefixes.
 pub fn init() {
-    PRIORITY_PREFIX.store(std::env::var_os("JOURNAL_STREAM").is_some(), Ordering::Relaxed);
+    PRIORITY_PREFIX.store(
+        std::env::var_os("JOURNAL_STREAM").is_some(),
+        Ordering::Relaxed,
+    );
 }
 
 /// Writes one line. A failed write to stderr is ignored: there is nowhere else to say it.
@@ -85,12 +88,18 @@ impl<'a> Clean<'a> {
 
     /// Bytes that came from the network.
     pub fn peer(bytes: &'a [u8]) -> Clean<'a> {
-        Clean { bytes, max: Self::PEER_MAX }
+        Clean {
+            bytes,
+            max: Self::PEER_MAX,
+        }
     }
 
     /// A line that a command printed.
     pub fn output(bytes: &'a [u8]) -> Clean<'a> {
-        Clean { bytes, max: Self::OUTPUT_MAX }
+        Clean {
+            bytes,
+            max: Self::OUTPUT_MAX,
+        }
     }
 }
 
@@ -116,7 +125,10 @@ mod tests {
 
     #[test]
     fn clean_escapes_control_bytes_and_backslashes() {
-        assert_eq!(Clean::peer(b"a\nb\\c\x00\xff").to_string(), "a\\x0ab\\x5cc\\x00\\xff");
+        assert_eq!(
+            Clean::peer(b"a\nb\\c\x00\xff").to_string(),
+            "a\\x0ab\\x5cc\\x00\\xff"
+        );
     }
 
     #[test]

@@ -117,7 +117,9 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Error> {
         return Err(Error::TargetTooLong);
     }
     if !target.starts_with('/') {
-        return Err(Error::Malformed("request target must be a path (origin-form)"));
+        return Err(Error::Malformed(
+            "request target must be a path (origin-form)",
+        ));
     }
     let (path, query) = match target.split_once('?') {
         Some((path, query)) => (path, Some(query.to_owned())),
@@ -162,7 +164,9 @@ fn validate(head: &mut Head) -> Result<(), Error> {
         (Some(0), true) | (None, true) => Framing::Empty,
         (Some(n), true) => Framing::Length(n),
         (Some(_), false) => {
-            return Err(Error::Malformed("both Content-Length and Transfer-Encoding"));
+            return Err(Error::Malformed(
+                "both Content-Length and Transfer-Encoding",
+            ));
         }
         (None, false) if head.minor_version == 0 => {
             return Err(Error::Malformed("Transfer-Encoding in an HTTP/1.0 request"));
@@ -360,7 +364,12 @@ impl Reader {
                     return Ok(());
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Err(Error::Timeout);
                 }
                 Err(e) => return Err(Error::Peer(e)),
@@ -374,7 +383,9 @@ mod tests {
     use super::*;
 
     fn parse(bytes: &[u8]) -> Result<Option<Head>, u16> {
-        parse_head(bytes).map(|o| o.map(|(h, _)| h)).map_err(|e| e.status())
+        parse_head(bytes)
+            .map(|o| o.map(|(h, _)| h))
+            .map_err(|e| e.status())
     }
 
     /// `case!{name, request bytes, expected status}` — the head is refused with that status.

@@ -57,7 +57,9 @@ impl Response {
         let mut headers = Vec::new();
         match error {
             Error::MethodNotAllowed { allow } => headers.push(("Allow", allow.clone())),
-            Error::Unauthorized { challenge: true, .. } => {
+            Error::Unauthorized {
+                challenge: true, ..
+            } => {
                 headers.push(("WWW-Authenticate", "Basic realm=\"sockhook\"".into()));
             }
             _ => {}
@@ -210,7 +212,11 @@ fn drain(stream: &mut Stream) {
     let mut total: u64 = 0;
     while total < DRAIN_MAX_BYTES {
         let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() || stream.set_read_timeout(Some(left.min(DRAIN_READ_TIMEOUT))).is_err() {
+        if left.is_zero()
+            || stream
+                .set_read_timeout(Some(left.min(DRAIN_READ_TIMEOUT)))
+                .is_err()
+        {
             return;
         }
         match stream.read(&mut discard) {
@@ -246,18 +252,32 @@ mod tests {
 
     #[test]
     fn refusals_carry_their_headers_and_a_length() {
-        let r = Response::refusal(&Error::MethodNotAllowed { allow: "POST".into() });
+        let r = Response::refusal(&Error::MethodNotAllowed {
+            allow: "POST".into(),
+        });
         let bytes = String::from_utf8(r.to_bytes(UNIX_EPOCH)).unwrap();
         assert!(bytes.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"));
         assert!(bytes.contains("\r\nAllow: POST\r\n"));
-        assert!(bytes.ends_with(&format!("Content-Length: {}\r\n\r\n{}", r.body.len(), r.body)));
-        let r = Response::refusal(&Error::Unauthorized { reason: "x".into(), challenge: true });
-        assert_eq!(r.headers, [("WWW-Authenticate", "Basic realm=\"sockhook\"".to_string())]);
+        assert!(bytes.ends_with(&format!(
+            "Content-Length: {}\r\n\r\n{}",
+            r.body.len(),
+            r.body
+        )));
+        let r = Response::refusal(&Error::Unauthorized {
+            reason: "x".into(),
+            challenge: true,
+        });
+        assert_eq!(
+            r.headers,
+            [("WWW-Authenticate", "Basic realm=\"sockhook\"".to_string())]
+        );
     }
 
     #[test]
     fn misconfiguration_details_stay_in_the_log() {
-        let r = Response::refusal(&Error::HookBroken { reason: "/etc/sockhook/secret: denied".into() });
+        let r = Response::refusal(&Error::HookBroken {
+            reason: "/etc/sockhook/secret: denied".into(),
+        });
         assert_eq!(r.status, 500);
         assert!(!r.body.contains("/etc"), "{}", r.body);
     }

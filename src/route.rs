@@ -30,5 +30,6 @@ pub fn route(hooks: &Hooks, path: &str, method: &str) -> Result<Arc<Hook>, Error
 
 /// The hook name a path asks for, if it has the form `/hooks/NAME`.
 pub fn hook_name(path: &str) -> Option<&str> {
-    path.strip_prefix(HOOKS_PREFIX).filter(|name| valid_name(name))
+    path.strip_prefix(HOOKS_PREFIX)
+        .filter(|name| valid_name(name))
 }

@@ -82,7 +82,8 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
         (None, Some(addr)) => Socket::Listeners(vec![listen::bind(addr)?]),
         (None, None) => {
             return Err(Error::Usage(
-                "no socket: start sockhook from a systemd .socket unit, or pass --listen IP:PORT".into(),
+                "no socket: start sockhook from a systemd .socket unit, or pass --listen IP:PORT"
+                    .into(),
             ));
         }
     };
@@ -105,7 +106,11 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
         request_timeout: options.request_timeout,
         activity,
     });
-    let served: Vec<String> = context.hooks.iter().map(|(name, _)| name.to_owned()).collect();
+    let served: Vec<String> = context
+        .hooks
+        .iter()
+        .map(|(name, _)| name.to_owned())
+        .collect();
     match socket {
         Socket::Connection(stream) => {
             info!("serving one connection for hooks: {}", served.join(" "));
@@ -115,8 +120,14 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
         }
         Socket::Listeners(listeners) => {
             let on: Vec<String> = listeners.iter().map(Listener::describe).collect();
-            let until = idle_timeout.map_or("stopped".into(), |t| format!("idle for {} s", t.as_secs_f64()));
-            info!("listening on {} until {until}; hooks: {}", on.join(" "), served.join(" "));
+            let until = idle_timeout.map_or("stopped".into(), |t| {
+                format!("idle for {} s", t.as_secs_f64())
+            });
+            info!(
+                "listening on {} until {until}; hooks: {}",
+                on.join(" "),
+                served.join(" ")
+            );
             crate::log::status(format_args!("waiting for requests on {}", on.join(" ")));
             accept_loop(&listeners, &context, &wake, &signals, idle_timeout)?;
         }
@@ -164,7 +175,9 @@ fn accept_loop(
     loop {
         let timeout = match (idle_timeout, context.activity.idle_for()) {
             (Some(limit), Some(idle)) if idle >= limit => return Ok(()),
-            (Some(limit), Some(idle)) => PollTimeout::try_from(limit - idle).unwrap_or(PollTimeout::MAX),
+            (Some(limit), Some(idle)) => {
+                PollTimeout::try_from(limit - idle).unwrap_or(PollTimeout::MAX)
+            }
             _ => PollTimeout::NONE,
         };
         let accepting = !paused && context.activity.connections() < MAX_CONNECTIONS;
@@ -173,7 +186,11 @@ fn accept_loop(
             PollFd::new(wake.as_fd(), PollFlags::POLLIN),
         ];
         if accepting {
-            fds.extend(listeners.iter().map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN)));
+            fds.extend(
+                listeners
+                    .iter()
+                    .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN)),
+            );
         }
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
@@ -199,7 +216,11 @@ fn accept_loop(
             let _ = wake.read(&mut [0; 64]);
             paused = false;
         }
-        for (listener, _) in listeners.iter().zip(&ready[2..]).filter(|(_, ready)| **ready) {
+        for (listener, _) in listeners
+            .iter()
+            .zip(&ready[2..])
+            .filter(|(_, ready)| **ready)
+        {
             paused = accept_ready(listener, context);
         }
     }
@@ -211,7 +232,11 @@ fn accept_ready(listener: &Listener, context: &Arc<Context>) -> bool {
         match listener.accept() {
             Ok(stream) => spawn_connection(stream, context),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
-            Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                ) => {}
             Err(e) => {
                 error!("unable to accept a connection: {e}; pausing until a connection ends");
                 return true;
@@ -253,7 +278,11 @@ fn handle(stream: Stream, context: &Context) {
     let outcome = exchange(&mut connection, &mut reader, context, peer, &mut seen);
     let (response, level, note) = match &outcome {
         Ok(Outcome::Run(_)) => (Response::accepted(), Level::Info, "accepted".to_owned()),
-        Ok(Outcome::Ignored(why)) => (Response::ok(&format!("ignored: {why}")), Level::Info, format!("ignored: {why}")),
+        Ok(Outcome::Ignored(why)) => (
+            Response::ok(&format!("ignored: {why}")),
+            Level::Info,
+            format!("ignored: {why}"),
+        ),
         Err(Error::Closed) if seen.request.is_none() => {
             info!("{peer_text}: closed without sending a request");
             return;
@@ -263,7 +292,9 @@ fn handle(stream: Stream, context: &Context) {
             crate::warning!("{peer_text} {request}: no response: {e}");
             return;
         }
-        Err(e) if e.status() >= 500 && e.status() != 501 => (Response::refusal(e), Level::Error, e.to_string()),
+        Err(e) if e.status() >= 500 && e.status() != 501 => {
+            (Response::refusal(e), Level::Error, e.to_string())
+        }
         Err(e) => (Response::refusal(e), Level::Warning, e.to_string()),
     };
     let delivered = match connection.respond(&response) {
@@ -271,10 +302,17 @@ fn handle(stream: Stream, context: &Context) {
         Err(e) => format!(" (response not delivered: {e})"),
     };
     let request = seen.request.as_deref().unwrap_or("- -");
-    let hook = seen.hook.map_or_else(String::new, |name| format!(" hook {name}"));
+    let hook = seen
+        .hook
+        .map_or_else(String::new, |name| format!(" hook {name}"));
     let status = response.status;
-    crate::log::line(level, format_args!("{peer_text} {request} {status}{hook}: {note}{delivered}"));
-    crate::log::status(format_args!("last request: {request} {status}{hook}: {note}"));
+    crate::log::line(
+        level,
+        format_args!("{peer_text} {request} {status}{hook}: {note}{delivered}"),
+    );
+    crate::log::status(format_args!(
+        "last request: {request} {status}{hook}: {note}"
+    ));
     connection.close();
     if let Ok(Outcome::Run(job)) = outcome {
         context.runner.trigger(job);
@@ -302,19 +340,27 @@ fn exchange(
     if let Framing::Length(len) = head.framing
         && len > hook.max_body
     {
-        return Err(Error::BodyTooLarge { limit: hook.max_body });
+        return Err(Error::BodyTooLarge {
+            limit: hook.max_body,
+        });
     }
-    let mut pending = verify::before_body(&hook, &head, context.key.as_ref().map_err(String::as_str))?;
+    let mut pending =
+        verify::before_body(&hook, &head, context.key.as_ref().map_err(String::as_str))?;
     if head.expect_continue && !reader.has_buffered() {
         connection.send_continue().map_err(Error::Peer)?;
     }
     let mut spool = Spool::new(head.framing)?;
-    reader.read_body(connection.stream(), head.framing, hook.max_body, &mut |piece| {
-        if let Pending::Body(mac) = &mut pending {
-            mac.update(piece);
-        }
-        spool.write(piece)
-    })?;
+    reader.read_body(
+        connection.stream(),
+        head.framing,
+        hook.max_body,
+        &mut |piece| {
+            if let Pending::Body(mac) = &mut pending {
+                mac.update(piece);
+            }
+            spool.write(piece)
+        },
+    )?;
     if let Pending::Body(mac) = pending {
         mac.finish()?;
     }
@@ -340,16 +386,30 @@ fn ignored(hook: &Hook, head: &Head) -> Option<String> {
 }
 
 /// The command's environment besides `PATH`.
-fn environment(head: &Head, hook: &Hook, peer: Option<SocketAddr>) -> Vec<(&'static str, OsString)> {
+fn environment(
+    head: &Head,
+    hook: &Hook,
+    peer: Option<SocketAddr>,
+) -> Vec<(&'static str, OsString)> {
     let field = |name: Option<&str>| {
-        OsString::from_vec(name.and_then(|n| head.header(n)).unwrap_or_default().to_vec())
+        OsString::from_vec(
+            name.and_then(|n| head.header(n))
+                .unwrap_or_default()
+                .to_vec(),
+        )
     };
     vec![
         ("SOCKHOOK_HOOK", hook.name.clone().into()),
         ("SOCKHOOK_METHOD", head.method.clone().into()),
         ("SOCKHOOK_PATH", head.path.clone().into()),
-        ("SOCKHOOK_QUERY", head.query.clone().unwrap_or_default().into()),
-        ("SOCKHOOK_REMOTE_ADDR", peer.map_or_else(String::new, |a| a.ip().to_string()).into()),
+        (
+            "SOCKHOOK_QUERY",
+            head.query.clone().unwrap_or_default().into(),
+        ),
+        (
+            "SOCKHOOK_REMOTE_ADDR",
+            peer.map_or_else(String::new, |a| a.ip().to_string()).into(),
+        ),
         ("SOCKHOOK_EVENT", field(hook.scheme.event_header())),
         ("SOCKHOOK_DELIVERY", field(hook.scheme.delivery_header())),
         ("SOCKHOOK_CONTENT_TYPE", field(Some("content-type"))),
@@ -388,7 +448,8 @@ impl Spool {
     fn finish(self) -> Result<Option<File>, Error> {
         match self.file {
             Some(mut file) if self.len > 0 => {
-                file.rewind().map_err(|e| Error::system("rewind the body", e))?;
+                file.rewind()
+                    .map_err(|e| Error::system("rewind the body", e))?;
                 Ok(Some(file))
             }
             _ => Ok(None),

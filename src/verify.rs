@@ -52,9 +52,11 @@ impl BodyMac {
 
     /// Compares, in constant time, with the signature the sender gave.
     pub fn finish(self) -> Result<(), Error> {
-        self.mac
-            .verify_slice(&self.expected)
-            .map_err(|_| unauthorized("signature does not match the body (wrong secret, or the body was altered)"))
+        self.mac.verify_slice(&self.expected).map_err(|_| {
+            unauthorized(
+                "signature does not match the body (wrong secret, or the body was altered)",
+            )
+        })
     }
 }
 
@@ -85,9 +87,9 @@ pub fn before_body(hook: &Hook, head: &Head, key: Result<&Key, &str>) -> Result<
                 ),
                 e => e.into_error("X-Hub-Signature-256"),
             })?;
-            let hex = value.strip_prefix(b"sha256=").ok_or_else(|| {
-                unauthorized("X-Hub-Signature-256 does not start with sha256=")
-            })?;
+            let hex = value
+                .strip_prefix(b"sha256=")
+                .ok_or_else(|| unauthorized("X-Hub-Signature-256 does not start with sha256="))?;
             body_mac(hook, hex, "X-Hub-Signature-256")
         }
         Scheme::Gitea | Scheme::Forgejo => {
@@ -100,9 +102,11 @@ pub fn before_body(hook: &Hook, head: &Head, key: Result<&Key, &str>) -> Result<
             body_mac(hook, value, name)
         }
         Scheme::Gitlab => {
-            let value = single(head, "x-gitlab-token").map_err(|e| e.into_error("X-Gitlab-Token"))?;
+            let value =
+                single(head, "x-gitlab-token").map_err(|e| e.into_error("X-Gitlab-Token"))?;
             let secret = secret(hook)?;
-            let mut presented = HmacSha256::new_from_slice(secret.expose()).expect("HMAC takes any key length");
+            let mut presented =
+                HmacSha256::new_from_slice(secret.expose()).expect("HMAC takes any key length");
             presented.update(value);
             presented
                 .verify_slice(&mac(secret.expose(), secret.expose()))
@@ -116,7 +120,8 @@ fn body_mac(hook: &Hook, hex_digits: &[u8], header: &str) -> Result<Pending, Err
     let expected = unhex(hex_digits)
         .filter(|bytes| bytes.len() == 32)
         .ok_or_else(|| unauthorized(&format!("{header} is not 64 hex digits")))?;
-    let mac = HmacSha256::new_from_slice(secret(hook)?.expose()).expect("HMAC takes any key length");
+    let mac =
+        HmacSha256::new_from_slice(secret(hook)?.expose()).expect("HMAC takes any key length");
     Ok(Pending::Body(BodyMac { mac, expected }))
 }
 
@@ -163,14 +168,21 @@ fn presented_token(head: &Head) -> Result<String, Error> {
         Err(Missing::Repeated) => return Err(bad("more than one Authorization header")),
     };
     let value = std::str::from_utf8(value).map_err(|_| bad("Authorization is not UTF-8"))?;
-    let (scheme, credentials) = value.trim().split_once(' ').ok_or_else(|| bad("Authorization has no scheme"))?;
+    let (scheme, credentials) = value
+        .trim()
+        .split_once(' ')
+        .ok_or_else(|| bad("Authorization has no scheme"))?;
     let credentials = credentials.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
         Ok(credentials.to_owned())
     } else if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64_decode(credentials).ok_or_else(|| bad("Basic credentials are not base64"))?;
-        let decoded = String::from_utf8(decoded).map_err(|_| bad("Basic credentials are not UTF-8"))?;
-        let user = decoded.split_once(':').map_or(decoded.as_str(), |(user, _)| user);
+        let decoded =
+            base64_decode(credentials).ok_or_else(|| bad("Basic credentials are not base64"))?;
+        let decoded =
+            String::from_utf8(decoded).map_err(|_| bad("Basic credentials are not UTF-8"))?;
+        let user = decoded
+            .split_once(':')
+            .map_or(decoded.as_str(), |(user, _)| user);
         Ok(user.to_owned())
     } else {
         Err(bad("Authorization scheme is neither Basic nor Bearer"))
@@ -307,7 +319,10 @@ mod tests {
 
     #[test]
     fn scopes_are_longest_first() {
-        assert_eq!(scopes("/hooks/a").collect::<Vec<_>>(), ["/hooks/a", "/hooks/", "/"]);
+        assert_eq!(
+            scopes("/hooks/a").collect::<Vec<_>>(),
+            ["/hooks/a", "/hooks/", "/"]
+        );
         assert_eq!(scopes("/hooks/").collect::<Vec<_>>(), ["/hooks/", "/"]);
     }
 
@@ -322,8 +337,18 @@ mod tests {
 
     #[test]
     fn base64_decodes_rfc4648_vectors() {
-        for (plain, coded) in [("", ""), ("f", "Zg=="), ("fo", "Zm8="), ("foo", "Zm9v"), ("foob", "Zm9vYg==")] {
-            assert_eq!(base64_decode(coded).as_deref(), Some(plain.as_bytes()), "{coded}");
+        for (plain, coded) in [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+        ] {
+            assert_eq!(
+                base64_decode(coded).as_deref(),
+                Some(plain.as_bytes()),
+                "{coded}"
+            );
         }
         for junk in ["Zg=", "Z===", "Zg==Zg==", "Zm9v!"] {
             assert_eq!(base64_decode(junk), None, "{junk}");
