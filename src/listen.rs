@@ -153,6 +153,39 @@ fn adopt(fd: RawFd) -> Result<Adopted, Error> {
     })
 }
 
+/// Marks every fd above stderr close-on-exec, so that a command inherits
+/// nothing but stdin, stdout and stderr — not the sockets, and not whatever
+/// sockhook's own parent leaked to it.
+pub fn close_inherited_on_exec() -> Result<(), Error> {
+    // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only changes fd flags.
+    let done = unsafe {
+        nix::libc::syscall(
+            nix::libc::SYS_close_range,
+            3,
+            u32::MAX,
+            nix::libc::CLOSE_RANGE_CLOEXEC,
+        )
+    } == 0;
+    if done {
+        return Ok(());
+    }
+    // Kernels before 5.11 lack close_range: mark each open fd instead.
+    let listing =
+        std::fs::read_dir("/proc/self/fd").map_err(|e| Error::system("list /proc/self/fd", e))?;
+    let fds: Vec<RawFd> = listing
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: borrowed only for one fcntl; an fd closed meanwhile (the
+        // directory listing's own) just makes the call fail.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        let _ = fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+    }
+    Ok(())
+}
+
 /// Binds `addr` (`IP:PORT`) for `--listen`.
 pub fn bind(addr: &str) -> Result<Listener, Error> {
     let parsed: SocketAddr = addr.parse().map_err(|_| {

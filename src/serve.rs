@@ -74,6 +74,7 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
     // Type=notify: a service that exits before READY=1 fails with Result=protocol.
     let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status("starting")]);
     let passed = listen::from_systemd()?;
+    listen::close_inherited_on_exec()?;
     let idle_timeout = options
         .idle_timeout
         .or(passed.is_some().then_some(DEFAULT_IDLE_TIMEOUT));

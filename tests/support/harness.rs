@@ -1,0 +1,395 @@
+//! Starts the real `sockhook` binary on a real socket, exactly as systemd does
+//! (listening socket on fd 3, `LISTEN_FDS=1`, `LISTEN_PID` set in the child), or
+//! with `--listen`, or with a connected socket (`Accept=yes`), and talks to it
+//! over TCP.
+
+#![allow(unsafe_code)]
+
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_sockhook");
+/// Upper bound for any wait in these tests.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A directory with a server key and a hooks directory.
+pub struct Fixture {
+    pub dir: PathBuf,
+    pub hooks: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Fixture {
+    /// A fresh fixture under cargo's per-test temporary directory.
+    pub fn new(name: &str) -> Fixture {
+        static COUNT: AtomicUsize = AtomicUsize::new(0);
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+            "{name}-{}-{}",
+            std::process::id(),
+            COUNT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        let hooks = dir.join("hooks.d");
+        fs::create_dir_all(&hooks).unwrap();
+        let key = dir.join("key");
+        fs::write(&key, "0123456789abcdef0123456789abcdef\n").unwrap();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        Fixture { dir, hooks, key }
+    }
+
+    /// Writes `hooks.d/NAME.toml`.
+    pub fn hook(&self, name: &str, toml: &str) -> &Fixture {
+        fs::write(self.hooks.join(format!("{name}.toml")), toml).unwrap();
+        self
+    }
+
+    /// Writes an executable shell script in the fixture and returns its path.
+    pub fn script(&self, name: &str, body: &str) -> PathBuf {
+        let path = self.dir.join(name);
+        fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    /// A script that appends one line per run to `NAME.runs` and saves its stdin
+    /// and environment of the last run in `NAME.stdin` and `NAME.env`.
+    pub fn recorder(&self, name: &str) -> PathBuf {
+        let d = self.dir.display();
+        self.script(
+            &format!("{name}.sh"),
+            &format!("cat > {d}/{name}.stdin\nenv > {d}/{name}.env\necho run >> {d}/{name}.runs"),
+        )
+    }
+
+    /// How many times the recorder called `name` ran.
+    pub fn runs(&self, name: &str) -> usize {
+        fs::read_to_string(self.dir.join(format!("{name}.runs"))).map_or(0, |s| s.lines().count())
+    }
+
+    /// A file the fixture's scripts wrote.
+    pub fn read(&self, file: &str) -> Vec<u8> {
+        fs::read(self.dir.join(file)).unwrap_or_default()
+    }
+
+    /// The token for `path` with the fixture's key, from `sockhook token`.
+    pub fn token(&self, path: &str) -> String {
+        let out = Command::new(BIN)
+            .args(["token", path, "--key"])
+            .arg(&self.key)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "sockhook token failed: {out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// `sockhook serve --hooks … --key …` plus `args`, on a listening socket
+    /// passed as fd 3, the way systemd's `Accept=no` does it.
+    pub fn serve(&self, args: &[&str]) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let child = spawn_with_fd3(self.serve_command(args), listener.as_raw_fd());
+        Server::new(child, addr)
+    }
+
+    /// The same with a connected socket on fd 3, as systemd's `Accept=yes` does
+    /// it; returns the server and the client end.
+    pub fn serve_connection(&self, args: &[&str]) -> (Server, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpStream::connect(addr).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let child = spawn_with_fd3(self.serve_command(args), accepted.as_raw_fd());
+        (Server::new(child, addr), client)
+    }
+
+    /// `sockhook serve --listen 127.0.0.1:PORT`, waiting until it accepts.
+    pub fn serve_listen(&self, args: &[&str]) -> Server {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut command = Command::new(BIN);
+        command.args(["serve", "--listen", &addr.to_string(), "--hooks"]);
+        command
+            .arg(&self.hooks)
+            .arg("--key")
+            .arg(&self.key)
+            .args(args);
+        let server = Server::new(spawn(command), addr);
+        let deadline = Instant::now() + PATIENCE;
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "--listen never accepted: {}",
+                server.log()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
+    fn serve_command(&self, args: &[&str]) -> Command {
+        // LISTEN_PID must be the pid of sockhook itself: a shell learns its own pid
+        // and execs the binary, keeping it (activate.c sets it after fork the same way).
+        let mut command = Command::new("/bin/sh");
+        command
+            .args([
+                "-c",
+                "export LISTEN_PID=$$; exec \"$0\" \"$@\"",
+                BIN,
+                "serve",
+                "--hooks",
+            ])
+            .arg(&self.hooks)
+            .arg("--key")
+            .arg(&self.key)
+            .args(args)
+            .env("LISTEN_FDS", "1");
+        command
+    }
+}
+
+/// Spawns `command` with `fd` moved to fd 3.
+pub fn spawn_with_fd3(mut command: Command, fd: RawFd) -> Child {
+    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if fd == 3 {
+                let flags = nix::libc::fcntl(3, nix::libc::F_GETFD);
+                nix::libc::fcntl(3, nix::libc::F_SETFD, flags & !nix::libc::FD_CLOEXEC);
+            } else if nix::libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    spawn(command)
+}
+
+fn spawn(mut command: Command) -> Child {
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// A running sockhook and everything it logged so far.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+    reader: Option<thread::JoinHandle<()>>,
+}
+
+impl Server {
+    fn new(mut child: Child, addr: SocketAddr) -> Server {
+        let log = Arc::new(Mutex::new(String::new()));
+        let mut stderr = child.stderr.take().unwrap();
+        let sink = Arc::clone(&log);
+        let reader = thread::spawn(move || {
+            let mut buf = [0; 4096];
+            while let Ok(n @ 1..) = stderr.read(&mut buf) {
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Server {
+            child,
+            addr,
+            log,
+            reader: Some(reader),
+        }
+    }
+
+    /// Everything logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log contains `needle` `count` times; panics after [`PATIENCE`].
+    pub fn wait_log(&self, needle: &str, count: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.log().matches(needle).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "waited for {count} × {needle:?} in the log:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Waits for the process to exit; panics after `within`.
+    pub fn wait(mut self, within: Duration) -> (ExitStatus, String) {
+        let deadline = Instant::now() + within;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("sockhook did not exit within {within:?}:\n{}", self.log());
+            }
+            thread::sleep(Duration::from_millis(10));
+        };
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        (status, self.log())
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a whole request, then reads the whole response.
+    pub fn request(&self, bytes: &[u8]) -> Reply {
+        let mut stream = TcpStream::connect(self.addr).unwrap();
+        exchange(&mut stream, bytes)
+    }
+
+    /// A POST with `headers` (lines without CRLF) and `body`.
+    pub fn post(&self, path: &str, headers: &[&str], body: &[u8]) -> Reply {
+        self.request(&post(path, headers, body))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds a POST request with a Content-Length.
+pub fn post(path: &str, headers: &[&str], body: &[u8]) -> Vec<u8> {
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for header in headers {
+        request.push_str(header);
+        request.push_str("\r\n");
+    }
+    request.push_str("\r\n");
+    let mut request = request.into_bytes();
+    request.extend_from_slice(body);
+    request
+}
+
+/// What came back on a connection.
+#[derive(Debug)]
+pub struct Reply {
+    /// The bytes received before EOF.
+    pub bytes: Vec<u8>,
+    /// The read error that ended the connection, if it did not end with EOF.
+    pub error: Option<std::io::ErrorKind>,
+}
+
+impl Reply {
+    /// The head and body of the final response, after any `100 Continue`.
+    fn final_response(&self) -> (String, String) {
+        let text = String::from_utf8_lossy(&self.bytes);
+        let mut rest = text.as_ref();
+        while let Some(after) = rest.strip_prefix("HTTP/1.1 100 Continue\r\n\r\n") {
+            rest = after;
+        }
+        match rest.split_once("\r\n\r\n") {
+            Some((head, body)) => (head.to_owned(), body.to_owned()),
+            None => (rest.to_owned(), String::new()),
+        }
+    }
+
+    /// The status code of the final response, or 0 when there is none.
+    pub fn status(&self) -> u16 {
+        let (head, _) = self.final_response();
+        head.strip_prefix("HTTP/1.1 ")
+            .and_then(|rest| rest.get(..3))
+            .and_then(|code| code.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The first header called `name` (case-insensitive) of the final response.
+    pub fn header(&self, name: &str) -> Option<String> {
+        let (head, _) = self.final_response();
+        head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+
+    /// The body of the final response.
+    pub fn body(&self) -> String {
+        self.final_response().1
+    }
+
+    /// Whether the response is complete: ended by EOF (no reset) and, if it
+    /// declares a Content-Length, with exactly that many body bytes.
+    pub fn complete(&self) -> bool {
+        self.error.is_none()
+            && self.status() != 0
+            && self
+                .header("content-length")
+                .is_none_or(|len| len.parse() == Ok(self.body().len()))
+    }
+}
+
+/// Writes `bytes` (all of them, before reading anything, as phone apps do),
+/// then reads until EOF or an error.
+pub fn exchange(stream: &mut TcpStream, bytes: &[u8]) -> Reply {
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.set_write_timeout(Some(PATIENCE)).unwrap();
+    let written = stream.write_all(bytes);
+    let mut reply = read_all(stream);
+    if let (Err(e), None) = (written, reply.error) {
+        reply.error = Some(e.kind());
+    }
+    reply
+}
+
+/// Reads until EOF or an error.
+pub fn read_all(stream: &mut TcpStream) -> Reply {
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    let mut bytes = Vec::new();
+    let mut buf = [0; 16 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Reply { bytes, error: None },
+            Ok(n) => bytes.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                return Reply {
+                    bytes,
+                    error: Some(e.kind()),
+                };
+            }
+        }
+    }
+}
+
+/// Half-closes our side, as a client that is done sending.
+pub fn done_sending(stream: &TcpStream) {
+    let _ = stream.shutdown(Shutdown::Write);
+}
