@@ -32,10 +32,10 @@ hooksdir     = $(confdir)/hooks.d
 CARGO ?= cargo
 BIN   ?= target/release/sockhook
 
-# `make run`: loopback only. sockhook has no "never exit when idle" setting,
-# so the demo asks for an hour.
+# `make run`: loopback only. With --listen, sockhook runs until stopped
+# (Ctrl-C) unless RUN_IDLE gives it an --idle-timeout.
 RUN_LISTEN ?= 127.0.0.1:7777
-RUN_IDLE   ?= 3600
+RUN_IDLE   ?=
 
 # PollLimit*= exist from systemd 255 on; older versions warn "Unknown key". By
 # default they are kept when `systemctl --version` says 255 or more (or there
@@ -90,7 +90,7 @@ run: build
 		mv target/run/key.tmp target/run/key; }
 	@tok=$$($(BIN) token /hooks/hello --key target/run/key) && \
 		printf '\nIn another terminal:\n  curl -i -u %s: -d hello http://%s/hooks/hello\n\n' "$$tok" '$(RUN_LISTEN)'
-	exec $(BIN) serve --listen $(RUN_LISTEN) --hooks examples/hooks.d --key target/run/key --idle-timeout $(RUN_IDLE)
+	exec $(BIN) serve --listen $(RUN_LISTEN) --hooks examples/hooks.d --key target/run/key $(if $(RUN_IDLE),--idle-timeout $(RUN_IDLE))
 
 install: $(BIN)
 	@$(call mkd,0755,$(DESTDIR)$(bindir))
