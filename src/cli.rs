@@ -20,7 +20,7 @@ Usage:
                  [--idle-timeout SECS] [--request-timeout SECS]
   sockhook check [--hooks DIR] [--key FILE]
   sockhook token PATH [--key FILE] [--url-base URL]
-  sockhook sign --scheme SCHEME --secret FILE < BODY
+  sockhook sign --scheme SCHEME --secret FILE [--id ID] [--timestamp UNIX] < BODY
   sockhook --help | --version
 
 Commands:
@@ -29,8 +29,9 @@ Commands:
   check   Validate every hook file and the server key; one line per problem.
   token   Print the token for PATH (hex HMAC-SHA256 of PATH with the key); a
           PATH ending in / gives a token for every path below it.
-  sign    Print the header that makes BODY (stdin) pass a signature scheme,
-          for curl -H. SCHEME: github, gitea, forgejo, gitlab.
+  sign    Print the header lines that make BODY (stdin) pass a signature
+          scheme, one per line, for curl -H @FILE. SCHEME: github, gitea,
+          forgejo, gitlab, bitbucket, standard-webhooks.
 
 Options:
   --hooks DIR            Hook files, one NAME.toml per hook, served at
@@ -47,6 +48,8 @@ Options:
   --url-base URL         token: print URL/PATH with the token as user name
   --scheme SCHEME        sign: the hook's auth scheme
   --secret FILE          sign: the file holding the hook's secret
+  --id ID                sign: standard-webhooks delivery id [default: random]
+  --timestamp UNIX       sign: standard-webhooks timestamp [default: now]
   -h, --help             Show this help
   -V, --version          Show the version
 
@@ -86,6 +89,10 @@ pub enum Command {
         scheme: String,
         /// The file holding the secret.
         secret: PathBuf,
+        /// Standard Webhooks delivery id; `None` for a random one.
+        id: Option<String>,
+        /// Standard Webhooks timestamp; `None` for now.
+        timestamp: Option<u64>,
     },
     /// `--help`.
     Help,
@@ -118,12 +125,14 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
     let mut url_base = None;
     let mut scheme = None;
     let mut secret = None;
+    let mut id = None;
+    let mut timestamp = None;
     let mut positional = Vec::new();
     let allowed: &[&str] = match subcommand.as_str() {
         "serve" => &["hooks", "key", "listen", "idle-timeout", "request-timeout"],
         "check" => &["hooks", "key"],
         "token" => &["key", "url-base"],
-        "sign" => &["scheme", "secret"],
+        "sign" => &["scheme", "secret", "id", "timestamp"],
         other => return Err(Error::Usage(format!("unknown command {other:?}"))),
     };
     while let Some(arg) = parser.next().map_err(usage)? {
@@ -140,6 +149,8 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
                     "request-timeout" => request_timeout = seconds(&name, value, false)?,
                     "url-base" => url_base = Some(value.string().map_err(usage)?),
                     "scheme" => scheme = Some(value.string().map_err(usage)?),
+                    "id" => id = Some(value.string().map_err(usage)?),
+                    "timestamp" => timestamp = Some(value.parse().map_err(usage)?),
                     _ => secret = Some(value.into()),
                 }
             }
@@ -181,6 +192,8 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
         _ => Command::Sign {
             scheme: scheme.ok_or_else(|| Error::Usage("sign: --scheme is required".into()))?,
             secret: secret.ok_or_else(|| Error::Usage("sign: --secret FILE is required".into()))?,
+            id,
+            timestamp,
         },
     })
 }
@@ -281,6 +294,8 @@ mod tests {
             "--url-base",
             "--scheme",
             "--secret",
+            "--id",
+            "--timestamp",
         ] {
             assert!(HELP.contains(option), "{option}");
         }

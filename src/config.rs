@@ -53,6 +53,10 @@ pub enum Scheme {
     Forgejo,
     /// `X-Gitlab-Token: <the secret>`.
     Gitlab,
+    /// Bitbucket's `X-Hub-Signature: sha256=<hex HMAC of the body>`.
+    Bitbucket,
+    /// Standard Webhooks: `webhook-signature` over `id.timestamp.body`.
+    StandardWebhooks,
     /// No check at all; needs `allow_unauthenticated = true`.
     None,
 }
@@ -66,6 +70,8 @@ impl Scheme {
             Scheme::Gitea => "gitea",
             Scheme::Forgejo => "forgejo",
             Scheme::Gitlab => "gitlab",
+            Scheme::Bitbucket => "bitbucket",
+            Scheme::StandardWebhooks => "standard-webhooks",
             Scheme::None => "none",
         }
     }
@@ -82,7 +88,8 @@ impl Scheme {
             Scheme::Gitea => Some("x-gitea-event"),
             Scheme::Forgejo => Some("x-forgejo-event"),
             Scheme::Gitlab => Some("x-gitlab-event"),
-            Scheme::Token | Scheme::None => None,
+            Scheme::Bitbucket => Some("x-event-key"),
+            Scheme::Token | Scheme::StandardWebhooks | Scheme::None => None,
         }
     }
 
@@ -93,6 +100,8 @@ impl Scheme {
             Scheme::Gitea => Some("x-gitea-delivery"),
             Scheme::Forgejo => Some("x-forgejo-delivery"),
             Scheme::Gitlab => Some("x-gitlab-event-uuid"),
+            Scheme::Bitbucket => Some("x-request-uuid"),
+            Scheme::StandardWebhooks => Some("webhook-id"),
             Scheme::Token | Scheme::None => None,
         }
     }
@@ -258,7 +267,7 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
     )?;
     check_command(&command)?;
     let scheme = file.auth.ok_or(
-        "auth: missing; choose token, github, gitea, forgejo, gitlab or none (see sockhook.toml(5))",
+        "auth: missing; choose token, github, gitea, forgejo, gitlab, bitbucket, standard-webhooks or none (see sockhook.toml(5))",
     )?;
     let secret = match (scheme.needs_secret(), file.secret) {
         (true, None) => {
@@ -273,7 +282,7 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
                 scheme.name()
             ));
         }
-        (true, Some(spec)) => Some(load_secret(&spec, credentials)?),
+        (true, Some(spec)) => Some(load_secret(&spec, credentials, scheme)?),
         (false, None) => None,
     };
     match (scheme, file.allow_unauthenticated) {
@@ -382,9 +391,14 @@ pub fn secret_path(spec: &str, credentials: Option<&Path>) -> Result<PathBuf, St
     }
 }
 
-fn load_secret(spec: &str, credentials: Option<&Path>) -> Result<Secret, String> {
+fn load_secret(spec: &str, credentials: Option<&Path>, scheme: Scheme) -> Result<Secret, String> {
     let path = secret_path(spec, credentials)?;
     let bytes = read_secret_file(&path).map_err(|e| format!("secret: {e}"))?;
+    if scheme == Scheme::StandardWebhooks {
+        return crate::verify::standard_webhooks_key(&bytes)
+            .map(Secret)
+            .map_err(|e| format!("secret: {}: {e}", path.display()));
+    }
     Ok(Secret(bytes))
 }
 

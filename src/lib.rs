@@ -18,6 +18,7 @@ pub mod error;
 pub mod idle;
 pub mod listen;
 pub mod read;
+pub mod replay;
 pub mod respond;
 pub mod route;
 pub mod serve;
@@ -61,11 +62,14 @@ fn dispatch(args: impl IntoIterator<Item = OsString>) -> Result<u8, Error> {
                 tools::token(&path, key.as_deref(), url_base.as_deref())?
             );
         }
-        Command::Sign { scheme, secret } => {
-            println!(
-                "{}",
-                tools::sign(&scheme, &secret, &mut std::io::stdin().lock())?
-            );
+        Command::Sign {
+            scheme,
+            secret,
+            id,
+            timestamp,
+        } => {
+            let body = &mut std::io::stdin().lock();
+            println!("{}", tools::sign(&scheme, &secret, id, timestamp, body)?);
         }
     }
     Ok(EXIT_OK)

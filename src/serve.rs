@@ -26,11 +26,14 @@ use crate::idle::Activity;
 use crate::listen::{self, Listener, Socket, Stream};
 use crate::log::{Clean, Level};
 use crate::read::{Framing, Head, Reader};
+use crate::replay::Replay;
 use crate::respond::{Connection, Response};
 use crate::route::{hook_name, route};
 use crate::verify::{self, Pending};
 use crate::{error, info};
 
+/// Set by systemd to the service's `RuntimeDirectory=`.
+pub const RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";
 /// Most connections served at once; more wait in the kernel's backlog.
 pub const MAX_CONNECTIONS: usize = 64;
 /// Idle time before exiting, when started by systemd.
@@ -55,6 +58,7 @@ pub struct Options {
 
 struct Context {
     hooks: Hooks,
+    replay: Replay,
     key: Result<Key, String>,
     request_timeout: Duration,
     runner: Runner,
@@ -100,7 +104,9 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
         error!("{why}; token hooks answer 500");
     }
     let (activity, wake) = Activity::new().map_err(|e| Error::system("create a pipe", e))?;
+    let runtime = std::env::var_os(RUNTIME_DIRECTORY).map(PathBuf::from);
     let context = Arc::new(Context {
+        replay: Replay::new(runtime.as_deref()),
         runner: Runner::new(Arc::clone(&activity)),
         hooks,
         key,
@@ -363,7 +369,7 @@ fn exchange(
         },
     )?;
     if let Pending::Body(mac) = pending {
-        mac.finish()?;
+        mac.finish(&hook.name, &context.replay)?;
     }
     if let Some(why) = ignored(&hook, &head) {
         return Ok(Outcome::Ignored(why));

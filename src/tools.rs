@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::config::{self, CREDENTIALS_DIRECTORY};
 use crate::error::Error;
@@ -26,33 +27,58 @@ pub fn token(path: &str, key: Option<&Path>, url_base: Option<&str>) -> Result<S
     ))
 }
 
-/// The header line that makes `body` pass `scheme` with the secret in `secret`.
-pub fn sign(scheme: &str, secret: &Path, body: &mut dyn Read) -> Result<String, Error> {
-    let secret = config::read_secret_file(secret).map_err(|reason| Error::Config {
+/// The header lines that make `body` pass `scheme` with the secret in `secret`.
+pub fn sign(
+    scheme: &str,
+    secret: &Path,
+    id: Option<String>,
+    timestamp: Option<u64>,
+    body: &mut dyn Read,
+) -> Result<String, Error> {
+    let config = |reason: String| Error::Config {
         path: secret.to_owned(),
         reason,
-    })?;
+    };
+    let secret = config::read_secret_file(secret).map_err(config)?;
     let mut bytes = Vec::new();
     body.read_to_end(&mut bytes)
         .map_err(|e| Error::system("read the body from stdin", e))?;
+    let signature = || verify::body_signature(&secret, &bytes);
     Ok(match scheme {
-        "github" => format!(
-            "X-Hub-Signature-256: {}",
-            verify::github_signature(&secret, &bytes)
-        ),
-        "gitea" => format!(
-            "X-Gitea-Signature: {}",
-            verify::body_signature(&secret, &bytes)
-        ),
-        "forgejo" => format!(
-            "X-Forgejo-Signature: {}",
-            verify::body_signature(&secret, &bytes)
-        ),
+        "github" => format!("X-Hub-Signature-256: sha256={}", signature()),
+        "bitbucket" => format!("X-Hub-Signature: sha256={}", signature()),
+        "gitea" => format!("X-Gitea-Signature: {}", signature()),
+        "forgejo" => format!("X-Forgejo-Signature: {}", signature()),
         "gitlab" => format!("X-Gitlab-Token: {}", String::from_utf8_lossy(&secret)),
+        "standard-webhooks" => {
+            let key = verify::standard_webhooks_key(&secret).map_err(config)?;
+            let id = match id {
+                Some(id) => id,
+                None => format!("msg_{}", verify::hex(&random_bytes()?)),
+            };
+            let timestamp = timestamp.unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs())
+            });
+            let signature = verify::standard_webhooks_signature(&key, &id, timestamp, &bytes);
+            format!(
+                "webhook-id: {id}\nwebhook-timestamp: {timestamp}\nwebhook-signature: {signature}"
+            )
+        }
         other => {
             return Err(Error::Usage(format!(
-                "sign: unknown scheme {other:?}; choose github, gitea, forgejo or gitlab"
+                "sign: unknown scheme {other:?}; choose github, gitea, forgejo, gitlab, bitbucket or standard-webhooks"
             )));
         }
     })
+}
+
+/// Sixteen random bytes for a delivery id.
+fn random_bytes() -> Result<[u8; 16], Error> {
+    let mut bytes = [0; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| Error::system("read /dev/urandom", e))?;
+    Ok(bytes)
 }

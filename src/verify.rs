@@ -6,12 +6,24 @@
 //! the body is never held in memory. Every comparison is `Mac::verify_slice`,
 //! which runs in constant time.
 
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
 use crate::config::{Hook, Key, Scheme, Secret};
 use crate::error::Error;
 use crate::read::Head;
+use crate::replay::{MAX_ID_BYTES, Replay};
+
+/// How far a Standard Webhooks timestamp may be from now, either way.
+pub const TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(300);
+/// Most signatures considered in one `webhook-signature` header.
+pub const MAX_SIGNATURES: usize = 8;
+/// The prefix of a Standard Webhooks secret; the rest is base64.
+pub const STANDARD_WEBHOOKS_PREFIX: &str = "whsec_";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -30,6 +42,26 @@ pub fn github_signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", body_signature(secret, body))
 }
 
+/// The HMAC key of a Standard Webhooks secret: `whsec_` and base64.
+pub fn standard_webhooks_key(secret: &[u8]) -> Result<Vec<u8>, String> {
+    let encoded = secret
+        .strip_prefix(STANDARD_WEBHOOKS_PREFIX.as_bytes())
+        .unwrap_or(secret);
+    match BASE64.decode(encoded) {
+        Ok(key) if !key.is_empty() => Ok(key),
+        _ => Err(format!(
+            "not a Standard Webhooks secret ({STANDARD_WEBHOOKS_PREFIX} and base64)"
+        )),
+    }
+}
+
+/// `v1,<base64>`: the Standard Webhooks signature of a delivery.
+pub fn standard_webhooks_signature(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
+    let mut signed = format!("{id}.{timestamp}.").into_bytes();
+    signed.extend_from_slice(body);
+    format!("v1,{}", BASE64.encode(mac(key, &signed)))
+}
+
 /// What is left to check once the head has passed.
 pub enum Pending {
     /// Nothing: the sender is authenticated.
@@ -41,7 +73,10 @@ pub enum Pending {
 /// A MAC over the body, computed while the body streams in.
 pub struct BodyMac {
     mac: HmacSha256,
-    expected: Vec<u8>,
+    /// Signatures the sender gave; one must match.
+    expected: Vec<Vec<u8>>,
+    /// A delivery id to admit once the signature matched (Standard Webhooks).
+    replay_id: Option<String>,
 }
 
 impl BodyMac {
@@ -50,13 +85,22 @@ impl BodyMac {
         self.mac.update(piece);
     }
 
-    /// Compares, in constant time, with the signature the sender gave.
-    pub fn finish(self) -> Result<(), Error> {
-        self.mac.verify_slice(&self.expected).map_err(|_| {
-            unauthorized(
+    /// Compares, in constant time, with the signatures the sender gave, then
+    /// admits the delivery id of `hook` if there is one.
+    pub fn finish(self, hook: &str, replay: &Replay) -> Result<(), Error> {
+        let matched = self
+            .expected
+            .iter()
+            .any(|expected| self.mac.clone().verify_slice(expected).is_ok());
+        if !matched {
+            return Err(unauthorized(
                 "signature does not match the body (wrong secret, or the body was altered)",
-            )
-        })
+            ));
+        }
+        match &self.replay_id {
+            Some(id) => replay.admit(hook, id, unix_now()),
+            None => Ok(()),
+        }
     }
 }
 
@@ -81,17 +125,17 @@ pub fn before_body(hook: &Hook, head: &Head, key: Result<&Key, &str>) -> Result<
             }
         }
         Scheme::Github => {
-            let value = single(head, "x-hub-signature-256").map_err(|e| match e {
-                Missing::None if head.header("x-hub-signature").is_some() => unauthorized(
+            if head.header("x-hub-signature-256").is_none()
+                && head.header("x-hub-signature").is_some()
+            {
+                return Err(unauthorized(
                     "only X-Hub-Signature (SHA-1) was sent; sockhook needs X-Hub-Signature-256",
-                ),
-                e => e.into_error("X-Hub-Signature-256"),
-            })?;
-            let hex = value
-                .strip_prefix(b"sha256=")
-                .ok_or_else(|| unauthorized("X-Hub-Signature-256 does not start with sha256="))?;
-            body_mac(hook, hex, "X-Hub-Signature-256")
+                ));
+            }
+            prefixed_hex(hook, head, "X-Hub-Signature-256")
         }
+        Scheme::Bitbucket => prefixed_hex(hook, head, "X-Hub-Signature"),
+        Scheme::StandardWebhooks => standard_webhooks(hook, head),
         Scheme::Gitea | Scheme::Forgejo => {
             let name = if hook.scheme == Scheme::Gitea {
                 "X-Gitea-Signature"
@@ -105,8 +149,7 @@ pub fn before_body(hook: &Hook, head: &Head, key: Result<&Key, &str>) -> Result<
             let value =
                 single(head, "x-gitlab-token").map_err(|e| e.into_error("X-Gitlab-Token"))?;
             let secret = secret(hook)?;
-            let mut presented =
-                HmacSha256::new_from_slice(secret.expose()).expect("HMAC takes any key length");
+            let mut presented = keyed(secret.expose());
             presented.update(value);
             presented
                 .verify_slice(&mac(secret.expose(), secret.expose()))
@@ -116,13 +159,88 @@ pub fn before_body(hook: &Hook, head: &Head, key: Result<&Key, &str>) -> Result<
     }
 }
 
+/// `HEADER: sha256=<hex HMAC of the body>`, as GitHub and Bitbucket send it.
+fn prefixed_hex(hook: &Hook, head: &Head, header: &str) -> Result<Pending, Error> {
+    let value = single(head, &header.to_ascii_lowercase()).map_err(|e| e.into_error(header))?;
+    let hex = value
+        .strip_prefix(b"sha256=")
+        .ok_or_else(|| unauthorized(&format!("{header} does not start with sha256=")))?;
+    body_mac(hook, hex, header)
+}
+
 fn body_mac(hook: &Hook, hex_digits: &[u8], header: &str) -> Result<Pending, Error> {
     let expected = unhex(hex_digits)
         .filter(|bytes| bytes.len() == 32)
         .ok_or_else(|| unauthorized(&format!("{header} is not 64 hex digits")))?;
-    let mac =
-        HmacSha256::new_from_slice(secret(hook)?.expose()).expect("HMAC takes any key length");
-    Ok(Pending::Body(BodyMac { mac, expected }))
+    Ok(Pending::Body(BodyMac {
+        mac: keyed(secret(hook)?.expose()),
+        expected: vec![expected],
+        replay_id: None,
+    }))
+}
+
+/// Standard Webhooks 1.0: `webhook-id`, `webhook-timestamp` within the
+/// tolerance, and `webhook-signature` holding `v1,<base64>` entries of which
+/// one must be the HMAC of `id.timestamp.body`.
+fn standard_webhooks(hook: &Hook, head: &Head) -> Result<Pending, Error> {
+    let field = |name: &str| {
+        single(head, name)
+            .map_err(|e| e.into_error(name))
+            .and_then(|v| {
+                std::str::from_utf8(v).map_err(|_| unauthorized(&format!("{name} is not UTF-8")))
+            })
+    };
+    let id = field("webhook-id")?;
+    if id.is_empty() || id.len() > MAX_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(unauthorized(&format!(
+            "webhook-id must be 1 to {MAX_ID_BYTES} printable characters"
+        )));
+    }
+    let timestamp: u64 = field("webhook-timestamp")?
+        .parse()
+        .map_err(|_| unauthorized("webhook-timestamp is not a number of seconds"))?;
+    let (now, tolerance) = (unix_now(), TIMESTAMP_TOLERANCE.as_secs());
+    if now.saturating_sub(timestamp) > tolerance {
+        return Err(unauthorized(&format!(
+            "webhook-timestamp is {} s old, tolerance {tolerance} s",
+            now - timestamp
+        )));
+    }
+    if timestamp.saturating_sub(now) > tolerance {
+        return Err(unauthorized(&format!(
+            "webhook-timestamp is {} s in the future, tolerance {tolerance} s",
+            timestamp - now
+        )));
+    }
+    let expected: Vec<Vec<u8>> = field("webhook-signature")?
+        .split_whitespace()
+        .take(MAX_SIGNATURES)
+        .filter_map(|entry| entry.strip_prefix("v1,"))
+        .filter_map(|encoded| BASE64.decode(encoded).ok())
+        .filter(|signature| signature.len() == 32)
+        .collect();
+    if expected.is_empty() {
+        return Err(unauthorized(
+            "webhook-signature has no v1 signature of 32 bytes",
+        ));
+    }
+    let mut mac = keyed(secret(hook)?.expose());
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    Ok(Pending::Body(BodyMac {
+        mac,
+        expected,
+        replay_id: Some(id.to_owned()),
+    }))
+}
+
+fn keyed(key: &[u8]) -> HmacSha256 {
+    HmacSha256::new_from_slice(key).expect("HMAC takes any key length")
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn secret(hook: &Hook) -> Result<&Secret, Error> {
@@ -137,7 +255,7 @@ pub fn token_matches(key: &Key, path: &str, presented: &str) -> bool {
         return false;
     };
     scopes(path).any(|scope| {
-        let mut mac = HmacSha256::new_from_slice(key.expose()).expect("HMAC takes any key length");
+        let mut mac = keyed(key.expose());
         mac.update(scope.as_bytes());
         mac.verify_slice(&presented).is_ok()
     })
@@ -176,8 +294,9 @@ fn presented_token(head: &Head) -> Result<String, Error> {
     if scheme.eq_ignore_ascii_case("bearer") {
         Ok(credentials.to_owned())
     } else if scheme.eq_ignore_ascii_case("basic") {
-        let decoded =
-            base64_decode(credentials).ok_or_else(|| bad("Basic credentials are not base64"))?;
+        let decoded = BASE64
+            .decode(credentials)
+            .map_err(|_| bad("Basic credentials are not base64"))?;
         let decoded =
             String::from_utf8(decoded).map_err(|_| bad("Basic credentials are not UTF-8"))?;
         let user = decoded
@@ -221,7 +340,7 @@ fn unauthorized(reason: &str) -> Error {
 }
 
 fn mac(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    let mut mac = keyed(key);
     mac.update(data);
     mac.finalize().into_bytes().to_vec()
 }
@@ -246,38 +365,6 @@ pub fn unhex(digits: &[u8]) -> Option<Vec<u8>> {
         .chunks_exact(2)
         .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
         .collect()
-}
-
-/// Standard base64 (RFC 4648 §4) with padding, as Basic auth uses it.
-fn base64_decode(text: &str) -> Option<Vec<u8>> {
-    let value = |c: u8| match c {
-        b'A'..=b'Z' => Some(c - b'A'),
-        b'a'..=b'z' => Some(c - b'a' + 26),
-        b'0'..=b'9' => Some(c - b'0' + 52),
-        b'+' => Some(62),
-        b'/' => Some(63),
-        _ => None,
-    };
-    let bytes = text.as_bytes();
-    if !bytes.len().is_multiple_of(4) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
-    for (i, quad) in bytes.chunks_exact(4).enumerate() {
-        let last = i + 1 == bytes.len() / 4;
-        let pad = quad.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return None;
-        }
-        let mut acc: u32 = 0;
-        for &c in &quad[..4 - pad] {
-            acc = acc << 6 | u32::from(value(c)?);
-        }
-        acc <<= 6 * pad as u32;
-        let decoded = [(acc >> 16) as u8, (acc >> 8) as u8, acc as u8];
-        out.extend_from_slice(&decoded[..3 - pad]);
-    }
-    Some(out)
 }
 
 #[cfg(test)]
@@ -336,22 +423,24 @@ mod tests {
     }
 
     #[test]
-    fn base64_decodes_rfc4648_vectors() {
-        for (plain, coded) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-        ] {
-            assert_eq!(
-                base64_decode(coded).as_deref(),
-                Some(plain.as_bytes()),
-                "{coded}"
-            );
-        }
-        for junk in ["Zg=", "Z===", "Zg==Zg==", "Zm9v!"] {
-            assert_eq!(base64_decode(junk), None, "{junk}");
-        }
+    fn standard_webhooks_published_test_vector() {
+        // https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md
+        let key = standard_webhooks_key(b"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        assert_eq!(
+            standard_webhooks_signature(
+                &key,
+                "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
+                1649367553,
+                br#"{"email":"test@example.com","username":"test_user"}"#
+            ),
+            "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
+        );
+    }
+
+    #[test]
+    fn standard_webhooks_secrets_must_be_base64() {
+        assert!(standard_webhooks_key(b"whsec_not base64!").is_err());
+        assert!(standard_webhooks_key(b"whsec_").is_err());
+        assert_eq!(standard_webhooks_key(b"whsec_AAEC").unwrap(), [0, 1, 2]);
     }
 }
