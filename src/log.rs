@@ -1,6 +1,6 @@
 //! Log lines on stderr in one grammar: `sockhook: LEVEL: message`.
 //!
-//! When stderr is the journal (`JOURNAL_STREAM` is set) each line starts with a
+//! When stderr is the journal (`JOURNAL_STREAM` names it) each line starts with a
 //! `<N>` priority prefix that journald turns into the entry's priority
 //! (`SyslogLevelPrefix=`, sd-daemon(3)). Bytes that come from the network go
 //! through [`Clean`] so they can neither forge lines nor flood the log.
@@ -32,12 +32,15 @@ impl Level {
     }
 }
 
-/// Decides once, from the environment, whether lines carry `<N>` prefixes.
+/// Decides once whether lines carry `<N>` prefixes: only when stderr is the
+/// very stream `JOURNAL_STREAM` names, since the variable is inherited by
+/// processes whose stderr was redirected elsewhere (systemd.exec(5)).
 pub fn init() {
-    PRIORITY_PREFIX.store(
-        std::env::var_os("JOURNAL_STREAM").is_some(),
-        Ordering::Relaxed,
-    );
+    let stderr_is_journal = std::env::var("JOURNAL_STREAM").is_ok_and(|stream| {
+        nix::sys::stat::fstat(std::io::stderr())
+            .is_ok_and(|st| stream == format!("{}:{}", st.st_dev, st.st_ino))
+    });
+    PRIORITY_PREFIX.store(stderr_is_journal, Ordering::Relaxed);
 }
 
 /// Writes one line. A failed write to stderr is ignored: there is nowhere else to say it.

@@ -98,7 +98,7 @@ impl Fixture {
     pub fn serve(&self, args: &[&str]) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let child = spawn_with_fd3(self.serve_command(args), listener.as_raw_fd());
+        let child = spawn_with_fd3(piped(self.serve_command(args)), listener.as_raw_fd());
         Server::new(child, addr)
     }
 
@@ -109,7 +109,7 @@ impl Fixture {
         let addr = listener.local_addr().unwrap();
         let client = TcpStream::connect(addr).unwrap();
         let (accepted, _) = listener.accept().unwrap();
-        let child = spawn_with_fd3(self.serve_command(args), accepted.as_raw_fd());
+        let child = spawn_with_fd3(piped(self.serve_command(args)), accepted.as_raw_fd());
         (Server::new(child, addr), client)
     }
 
@@ -162,7 +162,7 @@ impl Fixture {
     }
 }
 
-/// Spawns `command` with `fd` moved to fd 3.
+/// Spawns `command` with `fd` moved to fd 3; stdio stays as the caller set it.
 pub fn spawn_with_fd3(mut command: Command, fd: RawFd) -> Child {
     // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
     unsafe {
@@ -176,16 +176,20 @@ pub fn spawn_with_fd3(mut command: Command, fd: RawFd) -> Child {
             Ok(())
         });
     }
-    spawn(command)
+    command.spawn().unwrap()
 }
 
-fn spawn(mut command: Command) -> Child {
+fn spawn(command: Command) -> Child {
+    piped(command).spawn().unwrap()
+}
+
+/// No stdin, no stdout, stderr piped to the test for `Server::log`.
+fn piped(mut command: Command) -> Command {
     command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+        .stderr(Stdio::piped());
+    command
 }
 
 /// A running sockhook and everything it logged so far.
@@ -392,4 +396,55 @@ pub fn read_all(stream: &mut TcpStream) -> Reply {
 /// Half-closes our side, as a client that is done sending.
 pub fn done_sending(stream: &TcpStream) {
     let _ = stream.shutdown(Shutdown::Write);
+}
+
+impl Fixture {
+    /// [`Fixture::serve`] with `env` added to the server's own environment.
+    pub fn serve_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut command = self.serve_command(args);
+        command.envs(env.iter().copied());
+        let child = spawn_with_fd3(command, listener.as_raw_fd());
+        Server::new(child, addr)
+    }
+}
+
+/// The header line `sockhook sign --scheme SCHEME --secret FILE` prints for `body`.
+pub fn signature_header(scheme: &str, secret: &Path, body: &[u8]) -> String {
+    let mut child = Command::new(BIN)
+        .args(["sign", "--scheme", scheme, "--secret"])
+        .arg(secret)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "sockhook sign failed: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim_end().to_owned()
+}
+
+/// Runs `curl -sS -o /dev/null -w %{http_code}` with `args` (at most 10 s);
+/// returns the status curl saw (0 if none) and curl's stderr.
+pub fn curl(args: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+        ])
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    let status = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    (status, String::from_utf8_lossy(&out.stderr).into_owned())
 }
