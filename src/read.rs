@@ -28,6 +28,24 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Size of the read buffer; must exceed `MAX_HEAD_BYTES`.
 const BUFFER_BYTES: usize = 16 * 1024;
 
+/// Where request bytes come from: a socket, or bytes in a test or fuzzer.
+pub trait Source: Read {
+    /// Bounds the wait of the next read; `None` waits forever.
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()>;
+}
+
+impl Source for Stream {
+    fn set_read_timeout(&mut self, timeout: Option<Duration>) -> io::Result<()> {
+        Stream::set_read_timeout(self, timeout)
+    }
+}
+
+impl Source for &[u8] {
+    fn set_read_timeout(&mut self, _: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
 /// How the body is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
@@ -232,7 +250,7 @@ impl Reader {
     }
 
     /// Reads and validates the head. `Error::Closed` means no byte came at all.
-    pub fn read_head(&mut self, stream: &mut Stream) -> Result<Head, Error> {
+    pub fn read_head(&mut self, stream: &mut impl Source) -> Result<Head, Error> {
         loop {
             if let Some((head, len)) = parse_head(&self.buf[self.start..self.end])? {
                 self.start += len;
@@ -248,7 +266,7 @@ impl Reader {
     /// announced or received; returns the body's length.
     pub fn read_body(
         &mut self,
-        stream: &mut Stream,
+        stream: &mut impl Source,
         framing: Framing,
         max_body: u64,
         sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
@@ -263,7 +281,7 @@ impl Reader {
 
     fn read_chunked(
         &mut self,
-        stream: &mut Stream,
+        stream: &mut impl Source,
         max_body: u64,
         sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
     ) -> Result<u64, Error> {
@@ -302,7 +320,7 @@ impl Reader {
     }
 
     /// Consumes the trailer section after the last chunk; its fields are ignored.
-    fn skip_trailers(&mut self, stream: &mut Stream) -> Result<(), Error> {
+    fn skip_trailers(&mut self, stream: &mut impl Source) -> Result<(), Error> {
         let mut seen = 0;
         loop {
             let pending = &self.buf[self.start..self.end];
@@ -326,7 +344,7 @@ impl Reader {
     /// Moves exactly `len` bytes from the peer to `sink`.
     fn copy(
         &mut self,
-        stream: &mut Stream,
+        stream: &mut impl Source,
         mut len: u64,
         sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
     ) -> Result<(), Error> {
@@ -344,7 +362,7 @@ impl Reader {
     }
 
     /// Reads at least one more byte, compacting the buffer first if needed.
-    fn fill(&mut self, stream: &mut Stream) -> Result<(), Error> {
+    fn fill(&mut self, stream: &mut impl Source) -> Result<(), Error> {
         if self.start == self.end {
             (self.start, self.end) = (0, 0);
         } else if self.end == self.buf.len() {
@@ -474,6 +492,56 @@ mod tests {
             .unwrap();
         assert_eq!(head.framing, Framing::Chunked);
         assert!(head.expect_continue);
+    }
+
+    /// Reads a whole request from `bytes`; the body, or the status it is refused with.
+    fn read_request(bytes: &[u8], max_body: u64) -> Result<Vec<u8>, u16> {
+        let mut source = bytes;
+        let mut reader = Reader::new(Instant::now() + Duration::from_secs(5));
+        let head = reader.read_head(&mut source).map_err(|e| e.status())?;
+        let mut body = Vec::new();
+        reader
+            .read_body(&mut source, head.framing, max_body, &mut |piece| {
+                body.extend_from_slice(piece);
+                Ok(())
+            })
+            .map_err(|e| e.status())?;
+        Ok(body)
+    }
+
+    /// `body!{name, bytes after the head (chunked), max_body, expected}`.
+    macro_rules! chunked {
+        ($($name:ident, $bytes:expr, $max:expr, $expected:expr;)*) => {$(
+            #[test]
+            fn $name() {
+                let mut request = b"POST /hooks/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+                request.extend_from_slice($bytes);
+                let expected: Result<&[u8], u16> = $expected;
+                assert_eq!(read_request(&request, $max), expected.map(<[u8]>::to_vec));
+            }
+        )*};
+    }
+
+    chunked! {
+        chunked_body_is_decoded, b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", 100, Ok(b"hello world");
+        chunk_extensions_are_ignored, b"5;name=value\r\nhello\r\n0\r\n\r\n", 100, Ok(b"hello");
+        trailers_are_skipped, b"1\r\na\r\n0\r\nX-Trailer: 1\r\nY: 2\r\n\r\n", 100, Ok(b"a");
+        uppercase_hex_sizes_are_read, b"A\r\n0123456789\r\n0\r\n\r\n", 100, Ok(b"0123456789");
+        empty_chunked_body_is_empty, b"0\r\n\r\n", 100, Ok(b"");
+        invalid_chunk_size_is_400, b"zz\r\nhello\r\n0\r\n\r\n", 100, Err(400);
+        missing_crlf_after_data_is_400, b"5\r\nhelloXX0\r\n\r\n", 100, Err(400);
+        chunks_over_max_body_are_413, b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n", 8, Err(413);
+        huge_chunk_size_is_413, b"ffffffffffffffff\r\n", 100, Err(413);
+        chunk_size_overflowing_u64_is_400, b"fffffffffffffffff\r\n", 100, Err(400);
+        truncated_chunked_body_is_a_close, b"5\r\nhel", 100, Err(500);
+        long_chunk_line_is_400, &[b'1'; MAX_CHUNK_LINE_BYTES + 1], u64::MAX, Err(400);
+    }
+
+    #[test]
+    fn content_length_body_is_read_exactly() {
+        let request = b"POST /hooks/a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhelloEXTRA";
+        assert_eq!(read_request(request, 5), Ok(b"hello".to_vec()));
+        assert_eq!(read_request(request, 4), Err(413));
     }
 
     #[test]
