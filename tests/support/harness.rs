@@ -403,7 +403,7 @@ impl Fixture {
     pub fn serve_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut command = self.serve_command(args);
+        let mut command = piped(self.serve_command(args));
         command.envs(env.iter().copied());
         let child = spawn_with_fd3(command, listener.as_raw_fd());
         Server::new(child, addr)
