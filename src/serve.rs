@@ -118,6 +118,7 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
         .iter()
         .map(|(name, _)| name.to_owned())
         .collect();
+    let mut reason = "connection served";
     match socket {
         Socket::Connection(stream) => {
             info!("serving one connection for hooks: {}", served.join(" "));
@@ -136,17 +137,17 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
                 served.join(" ")
             );
             crate::log::status(format_args!("waiting for requests on {}", on.join(" ")));
-            accept_loop(&listeners, &context, &wake, &signals, idle_timeout)?;
+            reason = accept_loop(&listeners, &context, &wake, &signals, idle_timeout)?;
         }
     }
     context.activity.wait_quiet();
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
     let failures = context.runner.failures();
     if failures > 0 {
-        info!("exiting: {failures} run(s) failed");
+        info!("exiting ({reason}): {failures} run(s) failed");
         Ok(EXIT_FAILED)
     } else {
-        info!("exiting: idle");
+        info!("exiting ({reason})");
         Ok(EXIT_OK)
     }
 }
@@ -171,7 +172,7 @@ fn accept_loop(
     mut wake: &PipeReader,
     signals: &SignalFd,
     idle_timeout: Option<Duration>,
-) -> Result<(), Error> {
+) -> Result<&'static str, Error> {
     for listener in listeners {
         listener
             .set_nonblocking()
@@ -181,7 +182,7 @@ fn accept_loop(
     let mut paused = false;
     loop {
         let timeout = match (idle_timeout, context.activity.idle_for()) {
-            (Some(limit), Some(idle)) if idle >= limit => return Ok(()),
+            (Some(limit), Some(idle)) if idle >= limit => return Ok("idle"),
             (Some(limit), Some(idle)) => {
                 PollTimeout::try_from(limit - idle).unwrap_or(PollTimeout::MAX)
             }
@@ -217,7 +218,7 @@ fn accept_loop(
                 .map_or("a stop signal", Signal::as_str);
             info!("received {signal}: no new connections; finishing the ones in progress");
             context.runner.stop();
-            return Ok(());
+            return Ok("stopped");
         }
         if ready[1] {
             let _ = wake.read(&mut [0; 64]);

@@ -39,7 +39,7 @@ fn listening_socket_on_fd3_serves_until_idle_then_exits_0() {
         3,
         "one activation, three runs:\n{log}"
     );
-    assert!(log.contains("exiting: idle"), "{log}");
+    assert!(log.contains("exiting (idle)"), "{log}");
 }
 
 #[test]
@@ -282,4 +282,5 @@ fn sigterm_stops_accepting_and_exits_cleanly() {
     let (status, log) = server.wait(Duration::from_secs(5));
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains("received SIGTERM"), "{log}");
+    assert!(log.contains("exiting (stopped)"), "{log}");
 }
