@@ -1,0 +1,338 @@
+//! The command line through the real binary: `--help`, `--version`, usage
+//! errors, `sockhook check`, and `token` and `sign` output used against the
+//! real server with curl.
+
+mod support;
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use support::harness::*;
+
+/// Runs `sockhook ARGS` to completion.
+fn sockhook(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().unwrap()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `sockhook check --hooks HOOKS --key KEY`.
+fn check(hooks: &Path, key: &Path) -> Output {
+    Command::new(BIN)
+        .arg("check")
+        .arg("--hooks")
+        .arg(hooks)
+        .arg("--key")
+        .arg(key)
+        .output()
+        .unwrap()
+}
+
+/// Writes a secret file readable by its owner only.
+fn secret(f: &Fixture, name: &str, text: &str) -> std::path::PathBuf {
+    let path = f.dir.join(name);
+    fs::write(&path, text).unwrap();
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[test]
+fn help_exits_0_and_names_every_subcommand() {
+    for flag in ["--help", "-h"] {
+        let out = sockhook(&[flag]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let text = stdout(&out);
+        for command in ["serve", "check", "token", "sign"] {
+            assert!(
+                text.contains(&format!("sockhook {command} ")),
+                "{flag} does not show the usage of {command}:\n{text}"
+            );
+        }
+        assert!(stderr(&out).is_empty(), "{out:?}");
+    }
+}
+
+#[test]
+fn version_prints_the_package_version() {
+    for flag in ["--version", "-V"] {
+        let out = sockhook(&[flag]);
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(
+            stdout(&out),
+            format!("sockhook {}\n", env!("CARGO_PKG_VERSION"))
+        );
+    }
+}
+
+#[test]
+fn usage_errors_exit_100_and_name_the_problem() {
+    let cases: &[(&[&str], &str)] = &[
+        (&[], "no command"),
+        (&["frobnicate"], "frobnicate"),
+        (&["serve", "--frob"], "--frob"),
+        (&["check", "--listen", "127.0.0.1:1"], "--listen"),
+        (&["serve", "--hooks"], "--hooks"),
+        (&["serve", "--idle-timeout", "soon"], "soon"),
+        (&["token"], "PATH"),
+        (&["token", "hooks/a"], "hooks/a"),
+        (&["sign", "--scheme", "github"], "--secret"),
+    ];
+    for (args, needle) in cases {
+        let out = sockhook(args);
+        assert_eq!(out.status.code(), Some(100), "{args:?}: {out:?}");
+        let message = stderr(&out);
+        assert!(
+            message.contains(needle) && message.contains("usage"),
+            "{args:?} should say what is wrong ({needle}): {message}"
+        );
+        assert!(stdout(&out).is_empty(), "{args:?}: {out:?}");
+    }
+}
+
+#[test]
+fn check_passes_a_good_directory_with_one_ok_line_per_hook() {
+    let f = Fixture::new("check-good");
+    let gh = secret(&f, "gh-secret", "shh\n");
+    f.hook("a", "command = [\"/bin/true\"]\nauth = \"token\"\n");
+    f.hook(
+        "deploy",
+        &format!("command = [\"/bin/true\", \"x\"]\nauth = \"github\"\nsecret = {gh:?}\nevents = [\"push\"]\n"),
+    );
+    f.hook(
+        "open",
+        "command = [\"/bin/true\"]\nauth = \"none\"\nallow_unauthenticated = true\n",
+    );
+    let out = check(&f.hooks, &f.key);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    for name in ["a", "deploy", "open"] {
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&format!("/hooks/{name}:")))
+            .collect();
+        assert!(
+            lines.len() == 1 && lines[0].contains("ok"),
+            "{name}:\n{text}"
+        );
+    }
+    assert_eq!(
+        text.lines().filter(|l| l.contains(": ok")).count(),
+        3,
+        "{text}"
+    );
+}
+
+#[test]
+fn check_reports_each_problem_with_its_file_and_key() {
+    let f = Fixture::new("check-bad");
+    let missing_secret = f.dir.join("no-such-secret");
+    let missing_key = f.dir.join("no-such-key");
+    let gone = missing_secret.display().to_string();
+    // Each file, and what its one line must name: the key, and the fix where there is one.
+    let problems: [(&str, String, &[&str]); 5] = [
+        (
+            "relative",
+            "command = [\"sudo\", \"true\"]\nauth = \"token\"\n".into(),
+            &["command", "absolute", "/usr/bin/sudo"],
+        ),
+        (
+            "typo",
+            "command = [\"/bin/true\"]\nauth = \"token\"\ncomand = [\"/bin/false\"]\n".into(),
+            &["comand", "unknown"],
+        ),
+        (
+            "open",
+            "command = [\"/bin/true\"]\nauth = \"none\"\n".into(),
+            &["auth", "allow_unauthenticated = true"],
+        ),
+        (
+            "nosecret",
+            "command = [\"/bin/true\"]\nauth = \"github\"\n".into(),
+            &["secret", "github"],
+        ),
+        (
+            "gone",
+            format!("command = [\"/bin/true\"]\nauth = \"github\"\nsecret = {gone:?}\n"),
+            &["secret", &gone],
+        ),
+    ];
+    for (name, toml, _) in &problems {
+        f.hook(name, toml);
+    }
+    // A valid token hook: it needs the server key, which is missing.
+    f.hook("tok", "command = [\"/bin/true\"]\nauth = \"token\"\n");
+    let out = check(&f.hooks, &missing_key);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    for (name, _, needles) in &problems {
+        let file = f.hooks.join(format!("{name}.toml"));
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with(&file.display().to_string()))
+            .collect();
+        assert_eq!(lines.len(), 1, "one line for {name}.toml:\n{text}");
+        for needle in *needles {
+            assert!(lines[0].contains(needle), "{name}: {needle}?\n{text}");
+        }
+    }
+    let key_lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with(&missing_key.display().to_string()))
+        .collect();
+    assert!(
+        key_lines.len() == 1 && key_lines[0].contains("server key"),
+        "the missing key:\n{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("/hooks/tok: ok")),
+        "{text}"
+    );
+    // Five hook files, the key, one ok line and the summary: nothing else.
+    assert_eq!(text.lines().count(), 5 + 1 + 1 + 1, "{text}");
+    assert!(text.contains("6 problem(s)"), "{text}");
+}
+
+#[test]
+fn check_reports_a_world_readable_key() {
+    let f = Fixture::new("check-key-mode");
+    f.hook("a", "command = [\"/bin/true\"]\nauth = \"token\"\n");
+    fs::set_permissions(&f.key, fs::Permissions::from_mode(0o644)).unwrap();
+    let out = check(&f.hooks, &f.key);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}{}", stderr(&out));
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with(&f.key.display().to_string()))
+        .collect();
+    assert!(
+        lines.len() == 1 && lines[0].contains("644") && lines[0].contains("chmod"),
+        "{text}"
+    );
+    fs::set_permissions(&f.key, fs::Permissions::from_mode(0o600)).unwrap();
+    let out = check(&f.hooks, &f.key);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}
+
+#[test]
+fn token_is_the_hmac_of_the_path_and_the_server_accepts_it() {
+    let f = Fixture::new("token");
+    let script = f.recorder("a");
+    f.hook("a", &format!("command = [{script:?}]\nauth = \"token\"\n"));
+    f.hook("b", &format!("command = [{script:?}]\nauth = \"token\"\n"));
+    let out = sockhook(&["token", "/hooks/a", "--key", f.key.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let token = stdout(&out).trim_end().to_owned();
+    let key = fs::read_to_string(&f.key).unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(key.trim_end().as_bytes()).unwrap();
+    mac.update(b"/hooks/a");
+    let expected: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(token, expected);
+    let server = f.serve(&[]);
+    let bearer = format!("Authorization: Bearer {token}");
+    let reply = server.post("/hooks/a", &[&bearer], b"with token");
+    assert_eq!(reply.status(), 204, "{reply:?}\n{}", server.log());
+    let reply = server.post("/hooks/b", &[&bearer], b"wrong path");
+    assert_eq!(reply.status(), 401, "{reply:?}\n{}", server.log());
+    server.wait_log("exited 0", 1);
+    assert_eq!(f.read("a.stdin"), b"with token");
+}
+
+#[test]
+fn token_url_works_as_is_with_curl() {
+    let f = Fixture::new("token-url");
+    let script = f.recorder("a");
+    f.hook("a", &format!("command = [{script:?}]\nauth = \"token\"\n"));
+    let server = f.serve(&[]);
+    let base = format!("http://127.0.0.1:{}", server.addr.port());
+    let out = sockhook(&[
+        "token",
+        "/hooks/a",
+        "--key",
+        f.key.to_str().unwrap(),
+        "--url-base",
+        &base,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let url = stdout(&out).trim_end().to_owned();
+    let token = f.token("/hooks/a");
+    assert_eq!(
+        url,
+        format!("http://{token}@127.0.0.1:{}/hooks/a", server.addr.port())
+    );
+    // curl turns the URL's user name into Basic auth (with an empty password).
+    let (status, errors) = curl(&["--data-binary", "from curl", &url]);
+    assert_eq!(status, 204, "{errors}\n{}", server.log());
+    server.wait_log("exited 0", 1);
+    assert_eq!(f.read("a.stdin"), b"from curl");
+}
+
+#[test]
+fn token_with_a_missing_key_file_exits_100_naming_the_path() {
+    let f = Fixture::new("token-no-key");
+    let missing = f.dir.join("no-such-key");
+    let out = sockhook(&["token", "/hooks/a", "--key", missing.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(100), "{out:?}");
+    assert!(
+        stderr(&out).contains(&missing.display().to_string()),
+        "{out:?}"
+    );
+    assert!(stdout(&out).is_empty(), "{out:?}");
+}
+
+#[test]
+fn sign_output_is_a_header_the_server_accepts_for_each_scheme() {
+    let f = Fixture::new("sign");
+    let secret_file = secret(&f, "secret", "s3cret with spaces\n");
+    let other_secret = secret(&f, "other", "not the secret\n");
+    let schemes = ["github", "gitea", "forgejo", "gitlab"];
+    for scheme in schemes {
+        let script = f.recorder(scheme);
+        f.hook(
+            scheme,
+            &format!("command = [{script:?}]\nauth = \"{scheme}\"\nsecret = {secret_file:?}\n"),
+        );
+    }
+    let server = f.serve(&[]);
+    let body = b"{\"ref\":\"refs/heads/main\",\"x\":\"\\u0000\"}";
+    let body_file = f.dir.join("body.json");
+    fs::write(&body_file, body).unwrap();
+    let data = format!("@{}", body_file.display());
+    for (i, scheme) in schemes.iter().enumerate() {
+        let url = format!("http://{}/hooks/{scheme}", server.addr);
+        let header = signature_header(scheme, &secret_file, body);
+        assert!(!header.contains('\n'), "one header line: {header:?}");
+        let (status, errors) = curl(&["-H", &header, "--data-binary", &data, &url]);
+        assert_eq!(
+            status,
+            204,
+            "{scheme}: {header}\n{errors}\n{}",
+            server.log()
+        );
+        // The same header does not open the hook with another secret (or another body).
+        let wrong = match *scheme {
+            "gitlab" => signature_header(scheme, &other_secret, body),
+            _ => signature_header(scheme, &secret_file, b"another body"),
+        };
+        let (status, errors) = curl(&["-H", &wrong, "--data-binary", &data, &url]);
+        assert_eq!(status, 401, "{scheme}: {wrong}\n{errors}\n{}", server.log());
+        server.wait_log("exited 0", i + 1);
+        assert_eq!(f.runs(scheme), 1, "{scheme}\n{}", server.log());
+        assert_eq!(f.read(&format!("{scheme}.stdin")), body, "{scheme}");
+    }
+}
