@@ -85,8 +85,9 @@ fn group_members(pgid: i32) -> Vec<i32> {
     members
 }
 
-/// Waits (bounded) until none of `pids` and no member of group `pgid` is alive.
-fn assert_all_dead(pids: &[i32], pgid: i32, log: &str) {
+/// Waits (bounded) until none of `pids` and no member of group `pgid` is alive;
+/// `log` gives the server's log for the message.
+fn assert_all_dead(pids: &[i32], pgid: i32, log: &dyn Fn() -> String) {
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let living: Vec<i32> = pids.iter().copied().filter(|&p| alive(p)).collect();
@@ -101,7 +102,10 @@ fn assert_all_dead(pids: &[i32], pgid: i32, log: &str) {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
-            panic!("still alive: {living:?}, group {pgid} members {members:?}\n{log}");
+            panic!(
+                "still alive: {living:?}, group {pgid} members {members:?}\n{}",
+                log()
+            );
         }
         thread::sleep(Duration::from_millis(20));
     }
@@ -457,7 +461,7 @@ fn timeout_kills_the_whole_process_group() {
         pids[0],
         "the command ran through a wrapper:\n{log}"
     );
-    assert_all_dead(&pids, pids[0], &log);
+    assert_all_dead(&pids, pids[0], &|| log.clone());
     assert!(log.contains("SIGTERM"), "{log}");
     assert!(!log.contains("SIGKILL"), "SIGTERM was enough:\n{log}");
     assert_eq!(status.code(), Some(1), "{log}");
@@ -484,7 +488,7 @@ fn timeout_escalates_to_sigkill_when_sigterm_is_ignored() {
         pid_file(&f, "script.pid", &log),
         pid_file(&f, "child.pid", &log),
     ];
-    assert_all_dead(&pids, pids[0], &log);
+    assert_all_dead(&pids, pids[0], &|| log.clone());
     let (term, kill) = (log.find("SIGTERM"), log.find("SIGKILL"));
     assert!(
         term.is_some() && kill.is_some() && term < kill,
@@ -492,6 +496,30 @@ fn timeout_escalates_to_sigkill_when_sigterm_is_ignored() {
     );
     assert!(log.contains("killed by signal 9"), "{log}");
     assert_eq!(status.code(), Some(1), "{log}");
+}
+
+#[test]
+fn stopping_the_server_stops_a_running_command() {
+    let f = Fixture::new("stop");
+    f.hook(
+        "nap",
+        "command = [\"/bin/sleep\", \"10\"]\nauth = \"token\"\n",
+    );
+    let auth = format!("Authorization: Bearer {}", f.token("/hooks/nap"));
+    let server = f.serve(&[]);
+    let reply = server.post("/hooks/nap", &[&auth], b"");
+    assert_eq!(reply.status(), 204, "{reply:?}\n{}", server.log());
+    server.wait_log(" started", 1);
+    let pid = run_pid(&server.log(), "nap");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(server.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // sockhook passes SIGTERM on to the command's group; /bin/sleep dies of it at once.
+    assert_all_dead(&[pid], pid, &|| server.log());
+    let (_, log) = server.wait(PATIENCE);
+    assert!(log.contains("killed by signal 15"), "{log}");
 }
 
 #[test]
