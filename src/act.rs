@@ -193,9 +193,9 @@ fn run_once(shared: &Shared, job: Job) -> bool {
         }),
     };
     shared.lock().groups.remove(name);
+    let elapsed = started.elapsed().as_secs_f64();
     let _ = output_finished.recv_timeout(OUTPUT_GRACE);
 
-    let elapsed = started.elapsed().as_secs_f64();
     match status {
         Ok(status) if status.success() && !timed_out => {
             info!("hook {name}: run {pid} exited 0 after {elapsed:.3} s");
@@ -233,10 +233,32 @@ fn spawn(job: &Job) -> io::Result<(PipeReader, std::process::Child)> {
         .stdout(writer.try_clone()?)
         .stderr(writer)
         .process_group(0);
+    unblock_signals_on_exec(&mut command);
     let child = command.spawn()?;
     // `command` holds the pipe's write ends; dropping it lets the reader see EOF.
     drop(command);
     Ok((reader, child))
+}
+
+/// Gives the command an empty signal mask. sockhook blocks SIGTERM and SIGINT
+/// in all its threads to read them from a signalfd, and a child inherits the
+/// mask of the thread that forks it (std does not reset it: rust-lang/rust#101077);
+/// a command with SIGTERM blocked would survive its timeout and `systemctl stop`.
+#[allow(unsafe_code)]
+fn unblock_signals_on_exec(command: &mut Command) {
+    // SAFETY: sigprocmask is async-signal-safe, and the closure touches no
+    // memory of the parent: it is all that runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let empty = nix::sys::signal::SigSet::empty();
+            nix::sys::signal::sigprocmask(
+                nix::sys::signal::SigmaskHow::SIG_SETMASK,
+                Some(&empty),
+                None,
+            )
+            .map_err(io::Error::from)
+        });
+    }
 }
 
 /// Logs each line the command prints, prefixed with the hook's name.

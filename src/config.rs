@@ -257,7 +257,7 @@ fn load_hook(path: &Path, name: &str, credentials: Option<&Path>) -> Result<Hook
         message,
     };
     let text = read_small(path).map_err(problem)?;
-    let file: HookFile = toml::from_str(&text).map_err(|e| problem(one_line(&e.to_string())))?;
+    let file: HookFile = toml::from_str(&text).map_err(|e| problem(toml_problem(&text, &e)))?;
     build(file, name, credentials).map_err(problem)
 }
 
@@ -393,7 +393,9 @@ pub fn secret_path(spec: &str, credentials: Option<&Path>) -> Result<PathBuf, St
 
 fn load_secret(spec: &str, credentials: Option<&Path>, scheme: Scheme) -> Result<Secret, String> {
     let path = secret_path(spec, credentials)?;
-    let bytes = read_secret_file(&path).map_err(|e| format!("secret: {e}"))?;
+    let bytes = read_secret_file(&path).map_err(|e| {
+        format!("secret: {e}; write the sender's secret there, readable by user sockhook, or pass it with LoadCredential=")
+    })?;
     if scheme == Scheme::StandardWebhooks {
         return crate::verify::standard_webhooks_key(&bytes)
             .map(Secret)
@@ -484,9 +486,20 @@ fn read_small(path: &Path) -> Result<String, String> {
     Ok(text)
 }
 
-/// A multi-line parser message folded onto one line, for the log.
-fn one_line(text: &str) -> String {
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+/// A TOML error as one line: `line 3: unknown field `comand`, expected one of …`.
+fn toml_problem(text: &str, error: &toml::de::Error) -> String {
+    let message = error
+        .message()
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    match error.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {message}")
+        }
+        None => message,
+    }
 }
 
 #[cfg(test)]

@@ -155,7 +155,7 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
 /// Blocks SIGTERM and SIGINT in every thread and returns an fd that reports them.
 ///
 /// Must run before any thread starts, so that all inherit the mask; commands
-/// do not, as `std::process` resets it in the child.
+/// get an empty mask back (`act::unblock_signals_on_exec`).
 fn stop_signals() -> Result<SignalFd, Error> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGTERM);
