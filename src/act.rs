@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader, PipeReader, Read};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
@@ -41,6 +42,9 @@ pub struct Job {
     pub env: Vec<(&'static str, OsString)>,
     /// The body, rewound; `None` for an empty body.
     pub stdin: Option<File>,
+    /// When the request was accepted, from [`Runner::ticket`]: orders jobs by
+    /// acceptance rather than by when their clients closed the connection.
+    pub ticket: u64,
 }
 
 /// Starts jobs, one at a time per hook; cheap to clone.
@@ -51,6 +55,7 @@ pub struct Runner {
 
 struct Shared {
     runs: Mutex<Runs>,
+    tickets: AtomicU64,
     activity: Arc<Activity>,
 }
 
@@ -58,6 +63,8 @@ struct Shared {
 struct Runs {
     /// Hooks with a run in progress, and the follow-up job waiting for each.
     queued: HashMap<String, Option<Job>>,
+    /// The newest ticket started or queued for each hook.
+    newest: HashMap<String, u64>,
     /// Process groups of the runs in progress.
     groups: HashMap<String, Pid>,
     /// Runs that failed, timed out or could not start.
@@ -72,12 +79,22 @@ impl Runner {
         Runner {
             shared: Arc::new(Shared {
                 runs: Mutex::default(),
+                tickets: AtomicU64::new(1),
                 activity,
             }),
         }
     }
 
+    /// A number that orders accepted requests; take it when deciding to accept.
+    pub fn ticket(&self) -> u64 {
+        self.shared.tickets.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// Runs `job` now, or after the hook's current run if one is in progress.
+    ///
+    /// A job older than one already started or queued for the hook is dropped:
+    /// that newer run starts after this request was accepted, so it covers it,
+    /// and running the older body last would undo the newer one.
     pub fn trigger(&self, job: Job) {
         let name = job.hook.name.clone();
         let mut runs = self.shared.lock();
@@ -85,6 +102,12 @@ impl Runner {
             warning!("hook {name}: not run: sockhook is stopping");
             return;
         }
+        let newest = runs.newest.entry(name.clone()).or_default();
+        if job.ticket < *newest {
+            info!("hook {name}: not run: a newer request was already run or queued");
+            return;
+        }
+        *newest = job.ticket;
         if let Some(queued) = runs.queued.get_mut(&name) {
             if queued.replace(job).is_some() {
                 info!("hook {name}: queued run replaced by a newer request");

@@ -378,6 +378,7 @@ fn exchange(
     Ok(Outcome::Run(Job {
         env: environment(&head, &hook, peer),
         stdin: spool.finish()?,
+        ticket: context.runner.ticket(),
         hook,
     }))
 }

@@ -125,9 +125,11 @@ pub fn before_body(hook: &Hook, head: &Head, key: Result<&Key, &str>) -> Result<
             }
         }
         Scheme::Github => {
-            if head.header("x-hub-signature-256").is_none()
-                && head.header("x-hub-signature").is_some()
-            {
+            let sha1_only = head.header("x-hub-signature-256").is_none()
+                && head
+                    .header("x-hub-signature")
+                    .is_some_and(|v| v.starts_with(b"sha1="));
+            if sha1_only {
                 return Err(unauthorized(
                     "only X-Hub-Signature (SHA-1) was sent; sockhook needs X-Hub-Signature-256",
                 ));

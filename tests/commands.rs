@@ -751,3 +751,33 @@ fn curl_with_expect_100_continue_does_not_wait_for_its_timeout() {
     server.wait_log("exited 0", 1);
     assert!(f.read("curl.stdin") == body, "{}", server.log());
 }
+
+// Regression test: runs were ordered by when clients closed their connections
+// (the trigger follows the drain), so an older request whose client lingered
+// ran after a newer one, and a deploy hook ended on the older push.
+#[test]
+fn a_lingering_older_request_never_runs_after_a_newer_one() {
+    let f = Fixture::new("ordering");
+    let script = f.recorder("order");
+    let auth = token_hook(&f, "order", &script, "");
+    let server = f.serve(&["--idle-timeout", "0.3"]);
+
+    let mut older = TcpStream::connect(server.addr).unwrap();
+    older
+        .write_all(&post("/hooks/order", &[&auth], b"older"))
+        .unwrap();
+    let mut head = [0; 12];
+    older.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 204", "the older request was accepted");
+
+    let reply = server.post("/hooks/order", &[&auth], b"newer");
+    assert_eq!(reply.status(), 204);
+    server.wait_log("exited 0", 1);
+    drop(older);
+    server.wait_log("not run: a newer request was already run or queued", 1);
+
+    let (status, log) = server.wait(PATIENCE);
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(f.runs("order"), 1, "{log}");
+    assert_eq!(f.read("order.stdin"), b"newer", "{log}");
+}
