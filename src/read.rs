@@ -249,6 +249,15 @@ impl Reader {
         self.start < self.end
     }
 
+    /// The method and target of the request line as received, once the line
+    /// is complete: for the log when the rest of the head is refused.
+    pub fn request_line(&self) -> Option<(&[u8], &[u8])> {
+        let received = &self.buf[..self.end];
+        let line = &received[..received.iter().position(|&b| b == b'\n')?];
+        let mut words = line.split(|&b| b == b' ');
+        Some((words.next()?, words.next()?))
+    }
+
     /// Reads and validates the head. `Error::Closed` means no byte came at all.
     pub fn read_head(&mut self, stream: &mut impl Source) -> Result<Head, Error> {
         loop {

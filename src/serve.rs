@@ -181,13 +181,15 @@ fn accept_loop(
     // Set when accept() failed for lack of resources; cleared when a connection or run ends.
     let mut paused = false;
     loop {
-        let timeout = match (idle_timeout, context.activity.idle_for()) {
-            (Some(limit), Some(idle)) if idle >= limit => return Ok("idle"),
-            (Some(limit), Some(idle)) => {
-                PollTimeout::try_from(limit - idle).unwrap_or(PollTimeout::MAX)
-            }
-            _ => PollTimeout::NONE,
+        // Idle means a poll found nothing: a connection already pending when the
+        // limit is reached (or at start, with --idle-timeout 0) is still served.
+        let idle_left = match (idle_timeout, context.activity.idle_for()) {
+            (Some(limit), Some(idle)) => Some(limit.saturating_sub(idle)),
+            _ => None,
         };
+        let timeout = idle_left.map_or(PollTimeout::NONE, |left| {
+            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+        });
         let accepting = !paused && context.activity.connections() < MAX_CONNECTIONS;
         let mut fds = vec![
             PollFd::new(signals.as_fd(), PollFlags::POLLIN),
@@ -201,6 +203,9 @@ fn accept_loop(
             );
         }
         match poll(&mut fds, timeout) {
+            Ok(0) if idle_left.is_some_and(|left| left <= Duration::from_millis(1)) => {
+                return Ok("idle");
+            }
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(Error::system("poll the listening socket", e.into())),
         }
@@ -284,6 +289,18 @@ fn handle(stream: Stream, context: &Context) {
     let mut reader = Reader::new(Instant::now() + context.request_timeout);
     let mut seen = Seen::default();
     let outcome = exchange(&mut connection, &mut reader, context, peer, &mut seen);
+    if seen.request.is_none()
+        && let Some((method, target)) = reader.request_line()
+    {
+        // The head was refused after its first line arrived: log what was asked.
+        let (path, query) = target.split_at(
+            target
+                .iter()
+                .position(|&b| b == b'?')
+                .unwrap_or(target.len()),
+        );
+        seen.request = Some(request_line(method, path, !query.is_empty()));
+    }
     let (response, level, note) = match &outcome {
         Ok(Outcome::Run(_)) => (Response::accepted(), Level::Info, "accepted".to_owned()),
         Ok(Outcome::Ignored(why)) => (
@@ -335,11 +352,10 @@ fn exchange(
     seen: &mut Seen,
 ) -> Result<Outcome, Error> {
     let head = reader.read_head(connection.stream())?;
-    seen.request = Some(format!(
-        "{} {}{}",
-        Clean::peer(head.method.as_bytes()),
-        Clean::peer(head.path.as_bytes()),
-        if head.query.is_some() { "?..." } else { "" }
+    seen.request = Some(request_line(
+        head.method.as_bytes(),
+        head.path.as_bytes(),
+        head.query.is_some(),
     ));
     if let Some(name) = hook_name(&head.path).filter(|name| context.hooks.get(name).is_some()) {
         seen.hook = Some(name.to_owned());
@@ -381,6 +397,12 @@ fn exchange(
         ticket: context.runner.ticket(),
         hook,
     }))
+}
+
+/// `METHOD PATH` for the log, with `?...` standing for a query's values.
+fn request_line(method: &[u8], path: &[u8], has_query: bool) -> String {
+    let query = if has_query { "?..." } else { "" };
+    format!("{} {}{query}", Clean::peer(method), Clean::peer(path))
 }
 
 /// Why the request's event does not run the command, if it does not.
