@@ -15,6 +15,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod error;
+pub mod filter;
 pub mod idle;
 pub mod listen;
 pub mod read;
