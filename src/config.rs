@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::error::Error;
+use crate::filter::Match;
 use crate::read::DEFAULT_MAX_BODY_BYTES;
 
 /// Where hook files live unless `--hooks` says otherwise.
@@ -143,6 +144,8 @@ pub struct Hook {
     pub timeout: Duration,
     /// The largest body accepted, in bytes.
     pub max_body: u64,
+    /// Values the JSON body must hold for the command to run (`[match]`).
+    pub filter: Option<Match>,
 }
 
 /// A hook file as written; every key is optional so each gets a clear message.
@@ -157,6 +160,8 @@ struct HookFile {
     timeout: Option<u64>,
     max_body: Option<u64>,
     allow_unauthenticated: Option<bool>,
+    #[serde(rename = "match")]
+    filter: Option<toml::Table>,
 }
 
 /// A problem found while loading, tied to the file it is in.
@@ -342,6 +347,7 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         secret,
         methods,
         events: file.events,
+        filter: file.filter.as_ref().map(Match::from_toml).transpose()?,
         timeout,
         max_body,
     })

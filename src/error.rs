@@ -45,6 +45,8 @@ pub enum Error {
     },
     /// The request target is longer than `MAX_TARGET_BYTES` (414).
     TargetTooLong,
+    /// The hook filters on JSON fields and the body is not declared JSON (415).
+    UnsupportedMediaType,
     /// The `Expect` header asks for something other than `100-continue` (417).
     ExpectationFailed,
     /// The request head is longer than `MAX_HEAD_BYTES` or has too many fields (431).
@@ -92,6 +94,7 @@ impl Error {
             Error::LengthRequired => 411,
             Error::BodyTooLarge { .. } => 413,
             Error::TargetTooLong => 414,
+            Error::UnsupportedMediaType => 415,
             Error::ExpectationFailed => 417,
             Error::HeadTooLarge => 431,
             Error::UnsupportedCoding => 501,
@@ -134,6 +137,9 @@ impl fmt::Display for Error {
             Error::LengthRequired => f.write_str("body without Content-Length"),
             Error::BodyTooLarge { limit } => write!(f, "body larger than {limit} bytes"),
             Error::TargetTooLong => f.write_str("request target too long"),
+            Error::UnsupportedMediaType => {
+                f.write_str("this hook matches JSON fields: send Content-Type: application/json")
+            }
             Error::ExpectationFailed => f.write_str("only Expect: 100-continue is supported"),
             Error::HeadTooLarge => f.write_str("request head too large"),
             Error::HookBroken { reason } => write!(f, "hook misconfigured: {reason}"),

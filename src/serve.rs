@@ -22,6 +22,7 @@ use sd_notify::NotifyState;
 use crate::act::{Job, Runner};
 use crate::config::{self, CREDENTIALS_DIRECTORY, Hook, Hooks, Key};
 use crate::error::{EXIT_FAILED, EXIT_OK, Error};
+use crate::filter;
 use crate::idle::Activity;
 use crate::listen::{self, Listener, Socket, Stream};
 use crate::log::{Clean, Level};
@@ -370,6 +371,9 @@ fn exchange(
     }
     let mut pending =
         verify::before_body(&hook, &head, context.key.as_ref().map_err(String::as_str))?;
+    if hook.filter.is_some() && !is_json(head.header("content-type")) {
+        return Err(Error::UnsupportedMediaType);
+    }
     if head.expect_continue && !reader.has_buffered() {
         connection.send_continue().map_err(Error::Peer)?;
     }
@@ -391,12 +395,35 @@ fn exchange(
     if let Some(why) = ignored(&hook, &head) {
         return Ok(Outcome::Ignored(why));
     }
+    if let Some(filter) = &hook.filter {
+        let checked = match spool.rewound()? {
+            Some(body) => filter::check(filter, body),
+            None => filter::check(filter, &b""[..]),
+        };
+        if let Err(why) = checked {
+            return Ok(Outcome::Ignored(why));
+        }
+    }
     Ok(Outcome::Run(Job {
         env: environment(&head, &hook, peer),
         stdin: spool.finish()?,
         ticket: context.runner.ticket(),
         hook,
     }))
+}
+
+/// Whether a `Content-Type` says JSON: `application/json` or `…/…+json`.
+fn is_json(content_type: Option<&[u8]>) -> bool {
+    let Some(value) = content_type.and_then(|v| std::str::from_utf8(v).ok()) else {
+        return false;
+    };
+    let media = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
 }
 
 /// `METHOD PATH` for the log, with `?...` standing for a query's values.
@@ -472,6 +499,18 @@ impl Spool {
         match &mut self.file {
             Some(file) => file.write_all(piece),
             None => Ok(()),
+        }
+    }
+
+    /// The body file rewound to its start, to read it; `None` if it is empty.
+    fn rewound(&mut self) -> Result<Option<&mut File>, Error> {
+        match &mut self.file {
+            Some(file) if self.len > 0 => {
+                file.rewind()
+                    .map_err(|e| Error::system("rewind the body", e))?;
+                Ok(Some(file))
+            }
+            _ => Ok(None),
         }
     }
 

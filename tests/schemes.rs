@@ -1216,3 +1216,98 @@ curl_signed! {
     curl_with_sign_output_bitbucket: Bitbucket;
     curl_with_sign_output_standard_webhooks: StandardWebhooks;
 }
+
+// ---------------------------------------------------------------------------
+// Payload filters: `[match]` on JSON fields, checked after authentication.
+
+const MATCH: &str = "[match]\nref = \"refs/heads/main\"\n\"repository.full_name\" = \"org/site\"\n";
+const MATCHING: &[u8] =
+    br#"{"ref":"refs/heads/main","repository":{"full_name":"org/site","id":1}}"#;
+
+#[test]
+fn match_table_runs_the_command_when_every_field_matches() {
+    let f = Fixture::new("match-ok");
+    hook(&f, Github, MATCH);
+    let served = serve(&f);
+    let reply = Case::new(Github).deliver(MATCHING).send(&served);
+    assert_accepted(&reply, &served);
+    finish(&f, served, 1, MATCHING);
+}
+
+#[test]
+fn match_mismatch_is_200_ignored_naming_the_field_and_runs_nothing() {
+    let f = Fixture::new("match-mismatch");
+    hook(&f, Github, MATCH);
+    let served = serve(&f);
+    let body = br#"{"ref":"refs/heads/dev","repository":{"full_name":"org/site"}}"#;
+    let reply = Case::new(Github).deliver(body).send(&served);
+    assert_eq!(reply.status(), 200, "{reply:?}");
+    assert_eq!(
+        reply.body(),
+        "ignored: ref is \"refs/heads/dev\", not \"refs/heads/main\"\n"
+    );
+    let log = finish(&f, served, 0, b"");
+    assert!(
+        log.contains("info: ") && log.contains("200 hook h: ignored: ref is"),
+        "{log}"
+    );
+}
+
+#[test]
+fn match_missing_field_is_200_ignored_and_runs_nothing() {
+    let f = Fixture::new("match-missing");
+    hook(&f, Github, MATCH);
+    let served = serve(&f);
+    let reply = Case::new(Github)
+        .deliver(br#"{"ref":"refs/heads/main"}"#)
+        .send(&served);
+    assert_eq!(reply.status(), 200, "{reply:?}");
+    assert_eq!(reply.body(), "ignored: repository.full_name is missing\n");
+    finish(&f, served, 0, b"");
+}
+
+#[test]
+fn match_without_json_content_type_is_415_and_runs_nothing() {
+    let f = Fixture::new("match-form");
+    hook(&f, Github, MATCH);
+    let served = serve(&f);
+    let form = Case::new(Github)
+        .deliver(MATCHING)
+        .set("Content-Type", "application/x-www-form-urlencoded");
+    let reply = form.send(&served);
+    assert_eq!(reply.status(), 415, "{reply:?}");
+    let reply = Case::new(Github).deliver(MATCHING).send(&served);
+    assert_accepted(&reply, &served);
+    finish(&f, served, 1, MATCHING);
+}
+
+#[test]
+fn match_is_checked_only_after_the_signature() {
+    let f = Fixture::new("match-unsigned");
+    hook(&f, Github, MATCH);
+    let served = serve(&f);
+    let forged = Case::new(Github)
+        .deliver(MATCHING)
+        .set("X-Hub-Signature-256", &format!("sha256={}", "0".repeat(64)));
+    let reply = forged.send(&served);
+    assert_eq!(reply.status(), 401, "{reply:?}");
+    finish(&f, served, 0, b"");
+}
+
+#[test]
+fn invalid_match_table_answers_500_and_check_reports_it() {
+    let f = Fixture::new("match-invalid");
+    hook(&f, Github, "[match]\nref = 1.5\n");
+    let served = serve(&f);
+    let reply = Case::new(Github).deliver(MATCHING).send(&served);
+    assert_eq!(reply.status(), 500, "{reply:?}");
+    finish(&f, served, 0, b"");
+    let out = Command::new(BIN)
+        .args(["check", "--hooks"])
+        .arg(&f.hooks)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("h.toml: match: "), "{stdout}");
+}
