@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
+use crate::cgroup::{Cgroups, RunCgroup};
 use crate::config::Hook;
 use crate::idle::{Activity, Busy};
 use crate::log::Clean;
@@ -57,6 +58,8 @@ struct Shared {
     runs: Mutex<Runs>,
     tickets: AtomicU64,
     activity: Arc<Activity>,
+    /// Where runs get cgroups of their own, when systemd delegated one.
+    cgroups: Option<Cgroups>,
 }
 
 #[derive(Default)]
@@ -75,12 +78,13 @@ struct Runs {
 
 impl Runner {
     /// A runner that reports its runs to `activity`.
-    pub fn new(activity: Arc<Activity>) -> Runner {
+    pub fn new(activity: Arc<Activity>, cgroups: Option<Cgroups>) -> Runner {
         Runner {
             shared: Arc::new(Shared {
                 runs: Mutex::default(),
                 tickets: AtomicU64::new(1),
                 activity,
+                cgroups,
             }),
         }
     }
@@ -177,7 +181,13 @@ fn run_loop(shared: &Shared, mut job: Job, busy: Busy) {
 fn run_once(shared: &Shared, job: Job) -> bool {
     let hook = &job.hook;
     let name = &hook.name;
-    let (output, child) = match spawn(&job) {
+    let cgroup = shared.cgroups.as_ref().and_then(|cgroups| {
+        cgroups
+            .create()
+            .map_err(|e| warning!("hook {name}: no cgroup for the run ({e}); a timeout reaches its process group only"))
+            .ok()
+    });
+    let (output, child) = match spawn(&job, cgroup.as_ref()) {
         Ok(pair) => pair,
         Err(e) => {
             error!("hook {name}: unable to start {}: {e}", hook.command[0]);
@@ -212,9 +222,17 @@ fn run_once(shared: &Shared, job: Job) -> bool {
         }
         Ok(_) => exit.recv_timeout(hook.timeout).unwrap_or_else(|_| {
             timed_out = true;
-            stop_group(hook, pid, &exit)
+            stop_group(hook, pid, &exit, cgroup.as_ref())
         }),
     };
+    if let Some(cgroup) = cgroup.as_ref().filter(|c| c.populated()) {
+        // A run is its whole cgroup, as a oneshot service is: what it leaves
+        // behind (root processes under sudo included) would outlive it.
+        warning!("hook {name}: run {pid} left processes behind; killing them (cgroup.kill)");
+        if let Err(e) = cgroup.kill() {
+            error!("hook {name}: unable to kill what run {pid} left: {e}");
+        }
+    }
     shared.lock().groups.remove(name);
     let elapsed = started.elapsed().as_secs_f64();
     let _ = output_finished.recv_timeout(OUTPUT_GRACE);
@@ -239,7 +257,7 @@ fn run_once(shared: &Shared, job: Job) -> bool {
 }
 
 /// Starts the command; returns the read end of its stdout+stderr pipe and the child.
-fn spawn(job: &Job) -> io::Result<(PipeReader, std::process::Child)> {
+fn spawn(job: &Job, cgroup: Option<&RunCgroup>) -> io::Result<(PipeReader, std::process::Child)> {
     let (reader, writer) = io::pipe()?;
     let stdin = match &job.stdin {
         Some(body) => Stdio::from(body.try_clone()?),
@@ -257,6 +275,9 @@ fn spawn(job: &Job) -> io::Result<(PipeReader, std::process::Child)> {
         .stderr(writer)
         .process_group(0);
     unblock_signals_on_exec(&mut command);
+    if let Some(cgroup) = cgroup {
+        cgroup.enter_on_exec(&mut command);
+    }
     let child = command.spawn()?;
     // `command` holds the pipe's write ends; dropping it lets the reader see EOF.
     drop(command);
@@ -316,10 +337,13 @@ fn describe(status: ExitStatus) -> String {
 }
 
 /// Stops a run that outlived its timeout: SIGTERM to its group, then SIGKILL.
+/// In a cgroup, SIGKILL goes through `cgroup.kill`, which also reaches
+/// processes sockhook's user may not signal.
 fn stop_group(
     hook: &Hook,
     pid: u32,
     exit: &mpsc::Receiver<io::Result<ExitStatus>>,
+    cgroup: Option<&RunCgroup>,
 ) -> io::Result<ExitStatus> {
     let (name, group) = (&hook.name, Pid::from_raw(pid as i32));
     warning!(
@@ -334,7 +358,12 @@ fn stop_group(
         "hook {name}: run {pid} still running {} s after SIGTERM; sending SIGKILL",
         KILL_GRACE.as_secs()
     );
-    let _ = killpg(group, Signal::SIGKILL);
+    match cgroup.map(RunCgroup::kill) {
+        Some(Ok(())) => {}
+        _ => {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    }
     exit.recv()
         .unwrap_or_else(|_| Err(io::Error::other("the waiting thread ended")))
 }

@@ -11,6 +11,7 @@
 pub mod log;
 
 pub mod act;
+pub mod cgroup;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -20,6 +20,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use sd_notify::NotifyState;
 
 use crate::act::{Job, Runner};
+use crate::cgroup::Cgroups;
 use crate::config::{self, CREDENTIALS_DIRECTORY, Hook, Hooks, Key};
 use crate::error::{EXIT_FAILED, EXIT_OK, Error};
 use crate::filter;
@@ -106,9 +107,17 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
     }
     let (activity, wake) = Activity::new().map_err(|e| Error::system("create a pipe", e))?;
     let runtime = std::env::var_os(RUNTIME_DIRECTORY).map(PathBuf::from);
+    let cgroups = Cgroups::detect();
+    match &cgroups {
+        Some(c) => info!("each command run gets a cgroup below {}", c.describe()),
+        None if std::env::var_os("INVOCATION_ID").is_some() => crate::warning!(
+            "no delegated cgroup (Delegate=yes): a timeout cannot stop root processes under sudo"
+        ),
+        None => {}
+    }
     let context = Arc::new(Context {
         replay: Replay::new(runtime.as_deref()),
-        runner: Runner::new(Arc::clone(&activity)),
+        runner: Runner::new(Arc::clone(&activity), cgroups),
         hooks,
         key,
         request_timeout: options.request_timeout,
