@@ -39,11 +39,6 @@ impl System {
     /// Boots, installs, and prepares `STATE`; `None` when the sandbox is skipped.
     fn install() -> Option<System> {
         let sb = Sandbox::boot_or_skip()?;
-        // systemd marks / shared only when it is not in a container; without that, the
-        // credentials it mounts for a User= service (LoadCredential=) stay in a private
-        // mount namespace and the service finds an empty, root-only directory. A real
-        // host has / shared, so make the sandbox one too.
-        sb.run_ok("mount --make-rshared /");
         let install_log = sb.run_ok(&format!("make -C {REPO} install BIN={BIN} 2>&1"));
         sb.run_ok(&format!(
             "install -d -o sockhook -g sockhook -m 0755 {STATE}"

@@ -124,6 +124,10 @@ cd "$new"
 pivot_root . .
 umount -l .
 cd /
+# systemd makes / shared only outside containers; a real host has it shared,
+# and LoadCredential= for a User= service needs it (its credentials mount
+# otherwise stays in a private namespace, leaving an empty, root-only dir).
+mount --make-rshared /
 
 # Kernel modules, raw I/O, the clock, the kernel log and MAC policy belong to the host.
 exec env -i container=sockhook-test PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
