@@ -68,7 +68,7 @@ put = echo "install: $(1) $(2)" && tmp=$$(mktemp "$(dir $(2)).$(notdir $(2)).XXX
 # umask; never change an existing one (Debian's /etc/sudoers.d is 0750).
 mkd = [ -d "$(2)" ] || { echo "install: $(1) $(2)/" && (umask 022 && mkdir -p "$(2)") && chmod $(1) "$(2)"; }
 
-.PHONY: all build test run install uninstall check-units clean
+.PHONY: all build test run install uninstall check-units clean deb
 .DELETE_ON_ERROR:
 
 all: build
@@ -210,3 +210,23 @@ check-units: $(BIN)
 
 clean:
 	$(CARGO) clean
+
+# The Debian package, target/debian/sockhook_<version>-1_<arch>.deb, made by
+# cargo-deb from [package.metadata.deb] in Cargo.toml (cargo-deb is installed
+# with cargo when missing; that build takes minutes, its log goes to
+# target/cargo-deb-install.log). The units are those `make install` writes for
+# prefix /usr, staged in target/deb/units where Cargo.toml takes them from.
+DEB_UNITS     = target/deb/units
+CARGO_DEB_LOG = target/cargo-deb-install.log
+
+deb: override sysconfdir := /etc
+deb:
+	@$(CARGO) deb --version >/dev/null 2>&1 || { \
+		echo "deb: cargo install cargo-deb --locked (log: $(CARGO_DEB_LOG))" && mkdir -p target && \
+		$(CARGO) install cargo-deb --locked >$(CARGO_DEB_LOG) 2>&1 || { tail -n 30 $(CARGO_DEB_LOG) >&2; exit 1; }; }
+	rm -rf $(DEB_UNITS) && mkdir -p $(DEB_UNITS)
+	for u in $(UNITS); do \
+		$(call unit_sed,/usr/bin) "systemd/$$u" >"$(DEB_UNITS)/$$u" || exit 1; \
+	done
+	cp systemd/sockhook.sysusers $(DEB_UNITS)/sockhook.sysusers
+	$(CARGO) deb --locked
