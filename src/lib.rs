@@ -34,6 +34,7 @@ use error::{EXIT_BUG, EXIT_OK, Error};
 
 /// Runs sockhook with `args` (without the program name); returns the exit code.
 pub fn run(args: impl IntoIterator<Item = OsString>) -> u8 {
+    one_malloc_arena();
     log::init();
     std::panic::set_hook(Box::new(|info| {
         error!("fatal: internal error (a bug, please report it): {info}");
@@ -45,6 +46,22 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> u8 {
             error!("fatal: {e}");
             e.exit_code()
         }
+    }
+}
+
+/// Makes glibc keep one malloc arena instead of one per busy thread.
+///
+/// Connection and run threads allocate little, but each would otherwise get
+/// an arena of its own. Measured on a burst of 1000 requests at concurrency
+/// 8 (five runs each): peak resident memory median 3.7 → 3.3 MiB, worst
+/// 5.1 → 3.6 MiB.
+#[allow(unsafe_code)]
+fn one_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter; called before any
+    // thread exists.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
     }
 }
 
