@@ -342,15 +342,12 @@ fn package_installs_serves_removes_and_purges_under_systemd() {
     };
     let deb = deb.display().to_string();
 
-    // A real Debian host: / is a shared mount (systemd leaves it private in a
-    // container, and then LoadCredential= files stay invisible to a User=
-    // service), no Docker-style policy-rc.d forbids dpkg to touch services nor
-    // does a path-exclude drop man pages, and there is no earlier sockhook
-    // (make install on the host shows here).
+    // A real Debian host: no Docker-style policy-rc.d forbids dpkg to touch
+    // services, no path-exclude drops man pages, and there is no earlier
+    // sockhook (make install on the host shows here).
     ok(
         &sb,
-        "mount --make-rshared /
-         rm -f /usr/sbin/policy-rc.d
+        "rm -f /usr/sbin/policy-rc.d
          grep -l '^path-exclude' /etc/dpkg/dpkg.cfg.d/* 2>/dev/null | xargs -r rm -f
          if dpkg-query -W sockhook >/dev/null 2>&1; then dpkg -P sockhook; fi
          rm -rf /usr/local/bin/sockhook /usr/local/lib/systemd/system/sockhook* \
