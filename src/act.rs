@@ -242,6 +242,15 @@ fn run_once(shared: &Shared, job: Job) -> bool {
             info!("hook {name}: run {pid} exited 0 after {elapsed:.3} s");
             true
         }
+        // Stopping sockhook stops its runs; that is not the command failing, and
+        // counting it would leave the unit "failed" after every stop mid-run.
+        Ok(status) if status.signal().is_some() && shared.lock().stopping => {
+            info!(
+                "hook {name}: run {pid} {} after {elapsed:.3} s, as sockhook stopped",
+                describe(status)
+            );
+            true
+        }
         Ok(status) => {
             warning!(
                 "hook {name}: run {pid} {} after {elapsed:.3} s",

@@ -57,6 +57,7 @@ Exit status:
   0    all well (a refused request is a normal outcome)
   1    serve: a command failed or timed out; check: a problem was found
   100  usage or configuration error
+  101  internal error (a bug: please report it)
   111  a system call failed (temporary)
 
 See sockhook(8) and sockhook.toml(5).
