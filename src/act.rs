@@ -25,7 +25,7 @@ use nix::unistd::Pid;
 use crate::cgroup::{Cgroups, RunCgroup};
 use crate::config::Hook;
 use crate::idle::{Activity, Busy};
-use crate::log::Clean;
+use crate::log::{Clean, Last};
 use crate::{error, info, warning};
 
 /// The only `PATH` a command sees.
@@ -236,6 +236,15 @@ fn run_once(shared: &Shared, job: Job) -> bool {
     shared.lock().groups.remove(name);
     let elapsed = started.elapsed().as_secs_f64();
     let _ = output_finished.recv_timeout(OUTPUT_GRACE);
+    if let Ok(status) = &status {
+        crate::log::status(
+            Last::Run,
+            format_args!(
+                "hook {name}: run {pid} {} after {elapsed:.3} s",
+                describe(*status)
+            ),
+        );
+    }
 
     match status {
         Ok(status) if status.success() && !timed_out => {

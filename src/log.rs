@@ -7,6 +7,7 @@
 
 use std::fmt;
 use std::io::Write;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 static PRIORITY_PREFIX: AtomicBool = AtomicBool::new(false);
@@ -53,9 +54,29 @@ pub fn line(level: Level, args: fmt::Arguments<'_>) {
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
-/// Sets the line `systemctl status` shows (`STATUS=`); harmless without systemd.
-pub fn status(args: fmt::Arguments<'_>) {
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&args.to_string())]);
+/// What the `STATUS=` line reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Last {
+    /// The last request answered.
+    Request,
+    /// The last command run that ended.
+    Run,
+}
+
+static STATUS: Mutex<[String; 2]> = Mutex::new([String::new(), String::new()]);
+
+/// Updates one part of the line `systemctl status` shows (`STATUS=`), e.g.
+/// `last request: POST /hooks/a 204 …; last run: hook a: run 12 exited 0 …`;
+/// harmless without systemd.
+pub fn status(part: Last, args: fmt::Arguments<'_>) {
+    let mut parts = STATUS.lock().unwrap_or_else(|e| e.into_inner());
+    parts[part as usize] = args.to_string();
+    let line = match &*parts {
+        [request, run] if run.is_empty() => format!("last request: {request}"),
+        [request, run] if request.is_empty() => format!("last run: {run}"),
+        [request, run] => format!("last request: {request}; last run: {run}"),
+    };
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&line)]);
 }
 
 /// Logs at info level.

@@ -26,7 +26,7 @@ use crate::error::{EXIT_FAILED, EXIT_OK, Error};
 use crate::filter;
 use crate::idle::Activity;
 use crate::listen::{self, Listener, Socket, Stream};
-use crate::log::{Clean, Level};
+use crate::log::{Clean, Last, Level};
 use crate::read::{Framing, Head, Reader};
 use crate::replay::Replay;
 use crate::respond::{Connection, Response};
@@ -146,7 +146,8 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
                 on.join(" "),
                 served.join(" ")
             );
-            crate::log::status(format_args!("waiting for requests on {}", on.join(" ")));
+            let waiting = format!("waiting for requests on {}", on.join(" "));
+            let _ = sd_notify::notify(&[NotifyState::Status(&waiting)]);
             reason = accept_loop(&listeners, &context, &wake, &signals, idle_timeout)?;
         }
     }
@@ -345,9 +346,10 @@ fn handle(stream: Stream, context: &Context) {
         level,
         format_args!("{peer_text} {request} {status}{hook}: {note}{delivered}"),
     );
-    crate::log::status(format_args!(
-        "last request: {request} {status}{hook}: {note}"
-    ));
+    crate::log::status(
+        Last::Request,
+        format_args!("{request} {status}{hook}: {note}"),
+    );
     connection.close();
     if let Ok(Outcome::Run(job)) = outcome {
         context.runner.trigger(job);

@@ -733,7 +733,11 @@ fn status_and_journal_priorities_without_secrets() {
         )
     };
     assert_eq!(sys.post("ping", &token, "hello"), "204");
-    let status = status_shows("Status: \"last request: POST /hooks/ping 204 hook ping: accepted\"");
+    // One line for both: the last request answered, and the last run that ended.
+    let status = status_shows(
+        "Status: \"last request: POST /hooks/ping 204 hook ping: accepted; last run: hook ping: run ",
+    );
+    assert!(status.contains(" exited 0 after "), "{status}");
     eprintln!("{status}");
     assert_eq!(sys.post("ping", &wrong, "hello"), "401");
     status_shows("Status: \"last request: POST /hooks/ping 401 hook ping:");
