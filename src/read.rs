@@ -108,10 +108,11 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Error> {
     let mut request = httparse::Request::new(&mut fields);
     let len = match request.parse(buf) {
         Ok(Status::Complete(len)) if len > MAX_HEAD_BYTES => return Err(Error::HeadTooLarge),
+        // The same request-line limit as while the line is still arriving.
+        Ok(Status::Complete(_)) if request_line_too_long(buf) => return Err(Error::TargetTooLong),
         Ok(Status::Complete(len)) => len,
         Ok(Status::Partial) => {
-            let line_open = !buf.contains(&b'\n');
-            if line_open && buf.len() > MAX_TARGET_BYTES + MAX_REQUEST_LINE_EXTRA_BYTES {
+            if request_line_too_long(buf) {
                 return Err(Error::TargetTooLong);
             }
             if buf.len() >= MAX_HEAD_BYTES {
@@ -158,6 +159,13 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Error> {
     };
     validate(&mut head)?;
     Ok(Some((head, len)))
+}
+
+/// Whether the request line (complete or not) is longer than the target limit
+/// plus room for the method and version.
+fn request_line_too_long(buf: &[u8]) -> bool {
+    let line = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
+    line > MAX_TARGET_BYTES + MAX_REQUEST_LINE_EXTRA_BYTES
 }
 
 /// Checks the fields that decide how the request is read (RFC 9112 §3.2, §6).
@@ -298,6 +306,10 @@ impl Reader {
         loop {
             let size = loop {
                 match httparse::parse_chunk_size(&self.buf[self.start..self.end]) {
+                    // The same limit whether the line arrived whole or in pieces.
+                    Ok(Status::Complete((len, _))) if len > MAX_CHUNK_LINE_BYTES => {
+                        return Err(Error::Malformed("chunk-size line too long"));
+                    }
                     Ok(Status::Complete((len, size))) => {
                         self.start += len;
                         break size;
@@ -333,6 +345,7 @@ impl Reader {
         let mut seen = 0;
         loop {
             let pending = &self.buf[self.start..self.end];
+            // The limit counts trailer bytes only, not what follows the request.
             match pending.iter().position(|&b| b == b'\n') {
                 Some(nl) => {
                     let blank = pending[..nl].iter().all(|&b| b == b'\r') && nl <= 1;
@@ -341,11 +354,12 @@ impl Reader {
                     if blank {
                         return Ok(());
                     }
+                    if seen > MAX_HEAD_BYTES {
+                        return Err(Error::HeadTooLarge);
+                    }
                 }
+                None if seen + pending.len() > MAX_HEAD_BYTES => return Err(Error::HeadTooLarge),
                 None => self.fill(stream)?,
-            }
-            if seen > MAX_HEAD_BYTES || self.end - self.start > MAX_HEAD_BYTES {
-                return Err(Error::HeadTooLarge);
             }
         }
     }
