@@ -8,7 +8,8 @@ use crate::config::{self, CREDENTIALS_DIRECTORY};
 use crate::error::Error;
 use crate::verify;
 
-/// The token for `path`, or a URL carrying it as the user name.
+/// The token for `path`, or a URL carrying it as the user name (and, on
+/// stderr, what to paste into an app that wants the token apart).
 pub fn token(path: &str, key: Option<&Path>, url_base: Option<&str>) -> Result<String, Error> {
     let credentials = std::env::var_os(CREDENTIALS_DIRECTORY).map(PathBuf::from);
     let key = config::load_key(&config::key_path(key, credentials.as_deref()))?;
@@ -16,6 +17,12 @@ pub fn token(path: &str, key: Option<&Path>, url_base: Option<&str>) -> Result<S
     let Some(base) = url_base else {
         return Ok(token);
     };
+    // Apps such as HTTP Shortcuts do not take user@ from a URL: say what to
+    // paste where, on stderr, so that stdout stays the URL alone.
+    eprintln!(
+        "sockhook: for an app: URL {base}{path}, Basic auth with user name {token} and an empty password, or Bearer token {token}",
+        base = base.trim_end_matches('/')
+    );
     let (scheme, rest) = base.split_once("://").ok_or_else(|| {
         Error::Usage(format!(
             "--url-base wants scheme://host[:port], not {base:?}"

@@ -275,6 +275,14 @@ fn token_url_works_as_is_with_curl() {
         url,
         format!("http://{token}@127.0.0.1:{}/hooks/a", server.addr.port())
     );
+    // For phone apps, which want the token in their Basic or Bearer field.
+    let hint = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        hint.contains(&format!(
+            "Basic auth with user name {token} and an empty password"
+        )) && hint.contains(&format!("Bearer token {token}")),
+        "{hint}"
+    );
     // curl turns the URL's user name into Basic auth (with an empty password).
     let (status, errors) = curl(&["--data-binary", "from curl", &url]);
     assert_eq!(status, 204, "{errors}\n{}", server.log());
