@@ -68,7 +68,7 @@ put = echo "install: $(1) $(2)" && tmp=$$(mktemp "$(dir $(2)).$(notdir $(2)).XXX
 # umask; never change an existing one (Debian's /etc/sudoers.d is 0750).
 mkd = [ -d "$(2)" ] || { echo "install: $(1) $(2)/" && (umask 022 && mkdir -p "$(2)") && chmod $(1) "$(2)"; }
 
-.PHONY: all build test run install uninstall check-units clean deb
+.PHONY: all build test run install uninstall check-units clean deb fuzz
 .DELETE_ON_ERROR:
 
 all: build
@@ -230,3 +230,24 @@ deb:
 	done
 	cp systemd/sockhook.sysusers $(DEB_UNITS)/sockhook.sysusers
 	$(CARGO) deb --locked
+
+# `make fuzz`: each fuzz target for FUZZ_SECONDS (not part of `make test`; the
+# saved inputs are, through tests/fuzz_regressions.rs). cargo-fuzz passes
+# -Zsanitizer=address, which stable rustc takes with RUSTC_BOOTSTRAP=1; no
+# nightly needed (fuzz/README.md). Needs `cargo install cargo-fuzz --locked`.
+# New inputs go to fuzz/corpus/<target>, crashes to fuzz/artifacts/<target>;
+# FUZZ_FLAGS='-fork=1 -ignore_crashes=1' keeps going after a crash.
+FUZZ_SECONDS ?= 600
+FUZZ_TARGETS ?= parse_request chunked read_split signature_headers token standard_webhooks_secret payload_filter
+FUZZ_FLAGS   ?=
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null || { echo "fuzz: needs cargo-fuzz: $(CARGO) install cargo-fuzz --locked" >&2; exit 1; }
+	@cd fuzz && for t in $(FUZZ_TARGETS); do \
+		case $$t in parse_request|chunked|read_split) len='-max_len=20000 -len_control=0';; *) len=;; esac; \
+		mkdir -p corpus/$$t && echo "fuzz: $$t for $(FUZZ_SECONDS) s" && \
+		RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run $$t corpus/$$t seeds/$$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -timeout=10 -print_final_stats=1 $$len $(FUZZ_FLAGS) \
+			|| failed="$$failed $$t"; \
+	done; \
+	[ -z "$$failed" ] || { echo "fuzz: crashed:$$failed (inputs in fuzz/artifacts/)" >&2; exit 1; }

@@ -1,0 +1,392 @@
+//! What each fuzz target runs on one input.
+//!
+//! Shared with `tests/fuzz_regressions.rs` (through `#[path]`), so that a saved
+//! input replays through exactly the code the fuzzer ran. Each function must
+//! return normally for every input; a panic is a finding.
+
+use std::fs;
+use std::io::{self, Read};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use sockhook::config::{self, Hook, Key, Scheme};
+use sockhook::filter::{self, Match};
+use sockhook::read::{Framing, Head, MAX_HEADERS, MAX_TARGET_BYTES, Reader, Source};
+use sockhook::replay::Replay;
+use sockhook::verify::{self, Pending};
+
+/// The body limit of `parse_request` and `chunked`: small, so that inputs reach it.
+pub const MAX_BODY: u64 = 256;
+/// The head `chunked` puts before its input.
+pub const CHUNKED_HEAD: &[u8] =
+    b"POST /hooks/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n";
+/// The server key of `token` and of the token hook.
+pub const KEY: &[u8] = b"0123456789abcdef";
+/// The secret of the hex and GitLab hooks (GitHub's documented example).
+pub const SECRET: &str = "It's a Secret to Everybody";
+/// The Standard Webhooks hook's secret (the specification's example).
+pub const WHSEC: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+/// In a `signature_headers` value, replaced by the right signature or token.
+pub const RIGHT_SIGNATURE: &[u8] = b"!sig";
+/// Starting a `signature_headers` value, `~N` becomes the Unix time now plus N seconds.
+pub const NOW_PLUS: u8 = b'~';
+
+/// The whole request reader over the input: head, then the body its framing
+/// says, read once as one `&[u8]` and once in small pieces, as from a socket.
+pub fn parse_request(data: &[u8]) {
+    let _ = read_request(&mut { data });
+    let _ = read_request(&mut Pieces::new(data));
+}
+
+/// A chunked body: the input follows [`CHUNKED_HEAD`].
+pub fn chunked(data: &[u8]) {
+    parse_request(&[CHUNKED_HEAD, data].concat());
+}
+
+/// As `parse_request`, and both reads must accept the request, and read it
+/// the same, or both refuse it: how the bytes arrive must not change that.
+/// (The refusal may differ: a limit checked while the head is incomplete can
+/// fire before the parser's own error.)
+pub fn read_split(data: &[u8]) {
+    let whole = read_request(&mut { data });
+    let pieces = read_request(&mut Pieces::new(data));
+    if whole.is_ok() || pieces.is_ok() {
+        assert_eq!(whole, pieces, "the outcome depends on how the bytes arrive");
+    }
+}
+
+/// What [`read_request`] returns: the head and body, or the error's text.
+type Outcome = Result<(Head, Vec<u8>), String>;
+
+fn read_request(source: &mut impl Source) -> Outcome {
+    let mut reader = Reader::new(Instant::now() + Duration::from_secs(3600));
+    let head = reader.read_head(source).map_err(|e| e.to_string())?;
+    assert!(head.path.starts_with('/') && head.path.len() <= MAX_TARGET_BYTES);
+    assert!(head.headers.len() <= MAX_HEADERS);
+    assert!(!head.expect_continue || (head.minor_version == 1 && head.framing != Framing::Empty));
+    let mut body = Vec::new();
+    let len = reader
+        .read_body(source, head.framing, MAX_BODY, &mut |piece| {
+            body.extend_from_slice(piece);
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+    assert_eq!(len, body.len() as u64, "length returned != bytes delivered");
+    assert!(len <= MAX_BODY, "body over max_body accepted");
+    match head.framing {
+        Framing::Empty => assert_eq!(len, 0),
+        Framing::Length(n) => assert_eq!(len, n),
+        Framing::Chunked => {}
+    }
+    Ok((head, body))
+}
+
+/// Hands out the bytes a few at a time, in a fixed cycle of read sizes.
+struct Pieces<'a> {
+    bytes: &'a [u8],
+    reads: usize,
+}
+
+impl<'a> Pieces<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Pieces { bytes, reads: 0 }
+    }
+}
+
+impl Read for Pieces<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        const SIZES: [usize; 7] = [1, 7, 2, 64, 3, 1000, 5];
+        let n = SIZES[self.reads % SIZES.len()].min(buf.len());
+        self.reads += 1;
+        self.bytes.read(&mut buf[..n])
+    }
+}
+
+impl Source for Pieces<'_> {
+    fn set_read_timeout(&mut self, _: Option<Duration>) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The hooks `signature_headers` picks from, by the input's first byte minus `'0'`.
+const SCHEMES: [&str; 7] = [
+    "token",
+    "github",
+    "gitea",
+    "forgejo",
+    "gitlab",
+    "bitbucket",
+    "standard-webhooks",
+];
+
+/// The header names a record picks from, by its first byte minus `'0'`; `'9'` is body.
+const NAMES: [&str; 9] = [
+    "authorization",
+    "x-hub-signature-256",
+    "x-hub-signature",
+    "x-gitea-signature",
+    "x-forgejo-signature",
+    "x-gitlab-token",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+];
+
+/// `before_body` and, when it asks for one, the body MAC, on a head built from the input.
+///
+/// The first byte picks the hook ([`SCHEMES`]; from `0x80` on, the server key
+/// is unavailable). The rest is `\n`-separated records: a byte picking the
+/// header name ([`NAMES`], or the body) and the value. [`RIGHT_SIGNATURE`] and
+/// [`NOW_PLUS`] let the fuzzer reach the paths behind a valid signature.
+pub fn signature_headers(data: &[u8]) {
+    let Some((&pick, records)) = data.split_first() else {
+        return;
+    };
+    let hook = &hooks()[usize::from(pick.wrapping_sub(b'0') & 0x7f) % SCHEMES.len()];
+    let key = Key::from_bytes(KEY);
+    let (mut headers, mut body) = (Vec::new(), Vec::new());
+    for record in records.split(|&b| b == b'\n') {
+        let Some((&name, value)) = record.split_first() else {
+            continue;
+        };
+        match NAMES.get(usize::from(name.wrapping_sub(b'0')) % (NAMES.len() + 1)) {
+            Some(name) => headers.push((name.to_string(), now_plus(value))),
+            None => body.extend_from_slice(value),
+        }
+    }
+    let path = format!("/hooks/{}", hook.name);
+    let right = right_signature(hook, &key, &path, &headers, &body);
+    for (_, value) in &mut headers {
+        *value = replace(value, RIGHT_SIGNATURE, &right);
+    }
+    let head = Head {
+        method: "POST".into(),
+        path,
+        query: None,
+        minor_version: 1,
+        headers,
+        framing: Framing::Length(body.len() as u64),
+        expect_continue: false,
+    };
+    let key = if pick < 0x80 { Ok(&key) } else { Err("fuzz") };
+    let replay = Replay::new(None);
+    let verdict = verify::before_body(hook, &head, key).and_then(|pending| match pending {
+        Pending::Done => Ok(()),
+        Pending::Body(mut mac) => {
+            body.chunks(5).for_each(|piece| mac.update(piece));
+            mac.finish(&hook.name, &replay)
+        }
+    });
+    let presented = |name: &str| {
+        let mut values = head.headers.iter().filter(|(n, _)| n == name);
+        match (values.next(), values.next()) {
+            (Some((_, v)), None) => Some(v.as_slice()),
+            _ => None,
+        }
+    };
+    // The header carrying the proof, its fixed prefix, and whether the rest is hex.
+    let proof: Option<(&str, &[u8], bool)> = match hook.scheme {
+        Scheme::Token if key.is_ok() => Some(("authorization", b"Bearer ", true)),
+        Scheme::Github => Some(("x-hub-signature-256", b"sha256=", true)),
+        Scheme::Bitbucket => Some(("x-hub-signature", b"sha256=", true)),
+        Scheme::Gitea => Some(("x-gitea-signature", b"", true)),
+        Scheme::Forgejo => Some(("x-forgejo-signature", b"", true)),
+        Scheme::Gitlab => Some(("x-gitlab-token", b"", false)),
+        _ => None,
+    };
+    if let Some((name, prefix, hex)) = proof {
+        let right_sent = presented(name)
+            .and_then(|v| v.strip_prefix(prefix))
+            .is_some_and(|v| {
+                if hex {
+                    v.eq_ignore_ascii_case(&right)
+                } else {
+                    v == right
+                }
+            });
+        if right_sent {
+            assert!(verdict.is_ok(), "right signature refused: {verdict:?}");
+        }
+        if verdict.is_ok() && hook.scheme != Scheme::Token {
+            assert!(right_sent, "wrong signature accepted");
+        }
+    }
+}
+
+/// The value that makes `hook` accept the request: bare hex, base64 or secret.
+fn right_signature(
+    hook: &Hook,
+    key: &Key,
+    path: &str,
+    headers: &[(String, Vec<u8>)],
+    body: &[u8],
+) -> Vec<u8> {
+    let secret = hook.secret.as_ref().map_or(&[][..], |s| s.expose());
+    let field = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    };
+    match hook.scheme {
+        Scheme::Token => verify::token(key, path).into_bytes(),
+        Scheme::Gitlab => secret.to_vec(),
+        Scheme::StandardWebhooks => {
+            let id = field("webhook-id").unwrap_or("");
+            let timestamp = field("webhook-timestamp").and_then(|t| t.parse().ok());
+            let signature =
+                verify::standard_webhooks_signature(secret, id, timestamp.unwrap_or(0), body);
+            signature.trim_start_matches("v1,").as_bytes().to_vec()
+        }
+        _ => verify::body_signature(secret, body).into_bytes(),
+    }
+}
+
+/// `~N` as the decimal Unix time now plus N seconds; other values unchanged.
+fn now_plus(value: &[u8]) -> Vec<u8> {
+    let offset = value
+        .strip_prefix(&[NOW_PLUS])
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse::<i64>().ok());
+    match offset {
+        Some(offset) => {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+            now.as_secs()
+                .saturating_add_signed(offset)
+                .to_string()
+                .into_bytes()
+        }
+        None => value.to_vec(),
+    }
+}
+
+/// `bytes` with every `from` replaced by `to`.
+fn replace(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        if rest.starts_with(from) {
+            out.extend_from_slice(to);
+            rest = &rest[from.len()..];
+        } else {
+            out.push(rest[0]);
+            rest = &rest[1..];
+        }
+    }
+    out
+}
+
+/// One hook per scheme of [`SCHEMES`], loaded by `config::load` from files
+/// written once to a temporary directory (`config::Secret` has no public
+/// constructor), which is removed again.
+fn hooks() -> &'static [Arc<Hook>] {
+    static HOOKS: OnceLock<Vec<Arc<Hook>>> = OnceLock::new();
+    HOOKS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("sockhook-fuzz-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let (secret, whsec) = (dir.join("secret"), dir.join("whsec"));
+        fs::write(&secret, format!("{SECRET}\n")).unwrap();
+        fs::write(&whsec, format!("{WHSEC}\n")).unwrap();
+        for name in SCHEMES {
+            let secret = match name {
+                "token" => String::new(),
+                "standard-webhooks" => format!("secret = {:?}\n", whsec.display().to_string()),
+                _ => format!("secret = {:?}\n", secret.display().to_string()),
+            };
+            let text = format!("command = [\"/bin/true\"]\nauth = \"{name}\"\n{secret}");
+            fs::write(dir.join(format!("{name}.toml")), text).unwrap();
+        }
+        let loaded = config::load(&dir, None);
+        fs::remove_dir_all(&dir).unwrap();
+        SCHEMES
+            .iter()
+            .map(|name| match loaded.get(name) {
+                Some(Ok(hook)) => Arc::clone(hook),
+                other => panic!("hook {name} did not load: {other:?}"),
+            })
+            .collect()
+    })
+}
+
+/// `token_matches` with the path and the presented token from the input
+/// (split at the first `\n`), and the token it computes itself.
+pub fn token(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let (path, presented) = text.split_once('\n').unwrap_or((&text, ""));
+    let key = Key::from_bytes(KEY);
+    let matched = verify::token_matches(&key, path, presented);
+    assert!(
+        !matched || presented.len() == 64,
+        "a token that is not 64 hex digits"
+    );
+    let own = verify::token(&key, path);
+    assert!(verify::token_matches(&key, path, &own));
+    assert!(verify::token_matches(&key, path, &own.to_ascii_uppercase()));
+    assert_eq!(
+        verify::unhex(own.as_bytes()).map(|b| verify::hex(&b)),
+        Some(own)
+    );
+    if let Some(bytes) = verify::unhex(presented.as_bytes()) {
+        assert!(verify::hex(&bytes).eq_ignore_ascii_case(presented));
+    }
+}
+
+/// `standard_webhooks_key` on the input, with and without the `whsec_` prefix.
+pub fn standard_webhooks_secret(data: &[u8]) {
+    let key = verify::standard_webhooks_key(data);
+    if let Ok(key) = &key {
+        assert!(!key.is_empty());
+        let signature = verify::standard_webhooks_signature(key, "msg_1", 1, data);
+        assert!(signature.starts_with("v1,") && signature.len() == 47);
+    }
+    if !data.starts_with(verify::STANDARD_WEBHOOKS_PREFIX.as_bytes()) {
+        let prefixed = [verify::STANDARD_WEBHOOKS_PREFIX.as_bytes(), data].concat();
+        assert_eq!(verify::standard_webhooks_key(&prefixed), key);
+    }
+}
+
+/// The `match` table of `payload_filter`: every kind of value, at several depths.
+pub const FILTER_RULES: &str = r#"
+ref = "refs/heads/main"
+repository.full_name = "example/site"
+repository.private = false
+a.b.c.d.e.f.g.h = -3
+n = 9223372036854775807
+"#;
+
+/// `filter::check` on the input as a JSON body, read whole and in pieces:
+/// both must accept it or both refuse it, and a body it accepts must satisfy
+/// every rule as serde_json itself reads it.
+pub fn payload_filter(data: &[u8]) {
+    static RULES: OnceLock<(Match, toml::Table)> = OnceLock::new();
+    let (rules, table) = RULES.get_or_init(|| {
+        let table: toml::Table = FILTER_RULES.parse().unwrap();
+        (Match::from_toml(&table).unwrap(), table)
+    });
+    let verdict = filter::check(rules, data);
+    // The reason may differ: the depth and key guards see bytes before serde_json does.
+    let pieces = filter::check(rules, Pieces::new(data));
+    assert_eq!(
+        verdict.is_ok(),
+        pieces.is_ok(),
+        "{verdict:?} whole, {pieces:?} in pieces"
+    );
+    if verdict.is_ok() {
+        let body: serde_json::Value = serde_json::from_slice(data).expect("accepted, not JSON");
+        assert_holds(table, &body);
+    }
+}
+
+/// Every rule of `table` holds in `value`.
+fn assert_holds(table: &toml::Table, value: &serde_json::Value) {
+    for (key, want) in table {
+        let got = &value[key.as_str()];
+        match want {
+            toml::Value::Table(inner) => assert_holds(inner, got),
+            toml::Value::String(s) => assert_eq!(got.as_str(), Some(s.as_str()), "{key}"),
+            toml::Value::Boolean(b) => assert_eq!(got.as_bool(), Some(*b), "{key}"),
+            toml::Value::Integer(n) => assert_eq!(got.as_i64(), Some(*n), "{key}"),
+            other => panic!("rule {key} = {other:?}"),
+        }
+    }
+}
