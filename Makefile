@@ -68,7 +68,7 @@ put = echo "install: $(1) $(2)" && tmp=$$(mktemp "$(dir $(2)).$(notdir $(2)).XXX
 # umask; never change an existing one (Debian's /etc/sudoers.d is 0750).
 mkd = [ -d "$(2)" ] || { echo "install: $(1) $(2)/" && (umask 022 && mkdir -p "$(2)") && chmod $(1) "$(2)"; }
 
-.PHONY: all build test run install uninstall check-units clean deb fuzz
+.PHONY: all build test run install uninstall check-units clean deb fuzz bench
 .DELETE_ON_ERROR:
 
 all: build
@@ -230,6 +230,15 @@ deb:
 	done
 	cp systemd/sockhook.sysusers $(DEB_UNITS)/sockhook.sysusers
 	$(CARGO) deb --locked
+
+# `make bench`: sockhook (cold and warm) side by side with the seed's netcat
+# recipe and adnanh/webhook, on loopback; installs webhook, netcat-openbsd,
+# curl and python3-matplotlib when missing; about 5 minutes on 2 cores. Writes
+# bench/results/latest.{md,json,png}. BENCH_ARGS=--quick: a 35 s smoke run.
+BENCH_ARGS ?=
+
+bench: build
+	bench/run --sockhook $(BIN) $(BENCH_ARGS)
 
 # `make fuzz`: each fuzz target for FUZZ_SECONDS (not part of `make test`; the
 # saved inputs are, through tests/fuzz_regressions.rs). cargo-fuzz passes
