@@ -355,8 +355,8 @@ n = 9223372036854775807
 "#;
 
 /// `filter::check` on the input as a JSON body, read whole and in pieces:
-/// both must accept it or both refuse it, and a body it accepts must satisfy
-/// every rule as serde_json itself reads it.
+/// both must accept it or both refuse it, and a body it accepts must be JSON
+/// (UTF-8, RFC 8259 §8.1) that satisfies every rule as serde_json reads it.
 pub fn payload_filter(data: &[u8]) {
     static RULES: OnceLock<(Match, toml::Table)> = OnceLock::new();
     let (rules, table) = RULES.get_or_init(|| {
@@ -372,8 +372,13 @@ pub fn payload_filter(data: &[u8]) {
         "{verdict:?} whole, {pieces:?} in pieces"
     );
     if verdict.is_ok() {
-        let body: serde_json::Value = serde_json::from_slice(data).expect("accepted, not JSON");
-        assert_holds(table, &body);
+        assert!(std::str::from_utf8(data).is_ok(), "accepted, not UTF-8");
+        match serde_json::from_slice(data) {
+            Ok(body) => assert_holds(table, &body),
+            // RFC 8259 §8.2 allows a lone surrogate escape; serde_json refuses it.
+            Err(e) if e.to_string().contains("hex escape") => {}
+            Err(e) => panic!("accepted, not JSON: {e}"),
+        }
     }
 }
 
