@@ -484,6 +484,9 @@ struct Guard<R> {
     key_expected: bool,
     /// The bytes so far of a key being capped.
     key_bytes: Option<usize>,
+    /// An incomplete UTF-8 sequence at the end of the last read.
+    carry: [u8; 4],
+    carry_len: usize,
     refused: Option<String>,
 }
 
@@ -498,7 +501,36 @@ impl<R: Read> Guard<R> {
             escaped: false,
             key_expected: false,
             key_bytes: None,
+            carry: [0; 4],
+            carry_len: 0,
             refused: None,
+        }
+    }
+
+    /// Checks that the body is UTF-8 (RFC 8259 §8.1) as it streams: serde_json
+    /// does not check the strings it skips. An incomplete sequence at the end
+    /// of one read is carried over to the next.
+    fn check_utf8(&mut self, mut bytes: &[u8]) -> Result<(), String> {
+        let invalid = || "body is not UTF-8".to_owned();
+        while self.carry_len > 0 && !bytes.is_empty() {
+            self.carry[self.carry_len] = bytes[0];
+            self.carry_len += 1;
+            bytes = &bytes[1..];
+            match std::str::from_utf8(&self.carry[..self.carry_len]) {
+                Ok(_) => self.carry_len = 0,
+                Err(e) if e.error_len().is_none() => {}
+                Err(_) => return Err(invalid()),
+            }
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(_) => Ok(()),
+            Err(e) if e.error_len().is_none() => {
+                let tail = &bytes[e.valid_up_to()..];
+                self.carry[..tail.len()].copy_from_slice(tail);
+                self.carry_len = tail.len();
+                Ok(())
+            }
+            Err(_) => Err(invalid()),
         }
     }
 
@@ -562,6 +594,14 @@ impl<R: Read> Read for Guard<R> {
             return Err(io::ErrorKind::InvalidData.into());
         }
         let n = self.inner.read(buf)?;
+        let checked = match n {
+            0 if self.carry_len > 0 => Err("body is not UTF-8".to_owned()),
+            _ => self.check_utf8(&buf[..n]),
+        };
+        if let Err(why) = checked {
+            self.refused = Some(why);
+            return Err(io::ErrorKind::InvalidData.into());
+        }
         for &b in &buf[..n] {
             if let Err(why) = self.step(b) {
                 self.refused = Some(why);
@@ -1048,7 +1088,52 @@ mod tests {
             &rules(r#"ref = "main""#).unwrap(),
             &b"{\"ref\":\"ma\xffin\"}"[..],
         );
-        assert!(got.unwrap_err().starts_with("body is not JSON: "));
+        assert_eq!(got.unwrap_err(), "body is not UTF-8");
+    }
+
+    /// Hands out one byte per read, as a slow socket would.
+    struct OneByte<'a>(&'a [u8]);
+
+    impl Read for OneByte<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            match (self.0.split_first(), buf.is_empty()) {
+                (Some((&b, rest)), false) => {
+                    buf[0] = b;
+                    self.0 = rest;
+                    Ok(1)
+                }
+                _ => Ok(0),
+            }
+        }
+    }
+
+    // Regression test: serde_json skips strings no rule looks at without
+    // checking their UTF-8, so such a body passed (found by the payload_filter
+    // fuzz target).
+    #[test]
+    fn utf8_is_checked_everywhere_and_across_reads() {
+        let rules = rules(r#"ref = "main""#).unwrap();
+        let good = "{\"skipped\":{\"é€😀\":\"é€😀\"},\"ref\":\"main\"}".as_bytes();
+        assert_eq!(check(&rules, OneByte(good)), Ok(()));
+        for bad in [
+            &b"{\"skipped\":{\"\xff\":1},\"ref\":\"main\"}"[..],
+            &b"{\"ref\":\"main\",\"x\":\"\xc3\"}"[..],
+            &b"{\"ref\":\"main\",\"x\":\"\xed\xa0\x80\"}"[..],
+        ] {
+            assert_eq!(
+                check(&rules, OneByte(bad)).unwrap_err(),
+                "body is not UTF-8",
+                "{bad:?}"
+            );
+            assert_eq!(
+                check(&rules, bad).unwrap_err(),
+                "body is not UTF-8",
+                "{bad:?}"
+            );
+        }
+        // A sequence cut by the end of the body: refused, whichever check sees it first.
+        let cut = &b"{\"ref\":\"main\"}\xe2\x82"[..];
+        assert!(check(&rules, OneByte(cut)).is_err() && check(&rules, cut).is_err());
     }
 
     /// Yields `unit` over and over, `len` bytes in all, without holding them.
