@@ -5,7 +5,8 @@
 #
 # NAME          host name inside, also used in messages ([A-Za-z0-9-], at most 63 chars)
 # CGROUP_DIR    a cgroup v2 directory to create and become the sandbox's cgroup root
-# --overlay P   P lives on a mount other than / (e.g. the repository on its own
+# --overlay P   P lives on a mount other than / or under /tmp, which the
+#               sandbox replaces (e.g. the repository on its own
 #               file system): give it its own overlay at the same path, so it is
 #               visible and writable inside while writes still never reach the host
 #
@@ -102,8 +103,12 @@ mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$new/tmp"
 i=0
 for p in "${overlays[@]}"; do
     [[ -d $p ]] || die "--overlay $p: no such directory"
-    # An overlay of / shows an empty mount point where another file system is mounted.
-    [[ $(findmnt -n -o TARGET --target "$p") != / ]] || continue
+    # An overlay of / shows an empty mount point where another file system is
+    # mounted, and the sandbox's fresh /tmp hides what lies under the host's
+    # (a CI checkout in /tmp): both need an overlay of their own.
+    if [[ $p/ != /tmp/* && $(findmnt -n -o TARGET --target "$p") == / ]]; then
+        continue
+    fi
     i=$((i + 1))
     mkdir -p "$stage/extra$i/upper" "$stage/extra$i/work" "$new$p"
     mount -t overlay -o "lowerdir=$p,upperdir=$stage/extra$i/upper,workdir=$stage/extra$i/work" \
