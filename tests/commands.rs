@@ -436,26 +436,39 @@ fn command_starts_with_no_signal_blocked() {
     assert_eq!(ignored & sigterm, 0, "SIGTERM ignored:\n{log}");
 }
 
-#[test]
-fn timeout_kills_the_whole_process_group() {
-    let f = Fixture::new("timeout");
+/// Runs hook `name`, a script that starts `/bin/sleep 60` in the background and
+/// sleeps itself, with `timeout = 1`, `prelude` first in the script; waits for
+/// the timeout and the server's exit. Returns its status, its log, and the
+/// pids of the script and of its background child.
+fn run_into_timeout(
+    f: &Fixture,
+    name: &str,
+    prelude: &str,
+) -> (std::process::ExitStatus, String, [i32; 2]) {
     let d = f.dir.display();
     let script = f.script(
-        "hang.sh",
+        &format!("{name}.sh"),
         &format!(
-            "echo $$ > {d}/script.pid\n/bin/sleep 60 &\necho $! > {d}/child.pid\n/bin/sleep 60"
+            "{prelude}echo $$ > {d}/script.pid\n/bin/sleep 60 &\necho $! > {d}/child.pid\n/bin/sleep 60"
         ),
     );
-    let auth = token_hook(&f, "hang", &script, "timeout = 1\n");
+    let auth = token_hook(f, name, &script, "timeout = 1\n");
     let server = f.serve(&["--idle-timeout", IDLE]);
-    let reply = server.post("/hooks/hang", &[&auth], b"");
+    let reply = server.post(&format!("/hooks/{name}"), &[&auth], b"");
     assert_eq!(reply.status(), 204, "{reply:?}\n{}", server.log());
     server.wait_log("timed out", 1);
     let (status, log) = server.wait(PATIENCE);
     let pids = [
-        pid_file(&f, "script.pid", &log),
-        pid_file(&f, "child.pid", &log),
+        pid_file(f, "script.pid", &log),
+        pid_file(f, "child.pid", &log),
     ];
+    (status, log, pids)
+}
+
+#[test]
+fn timeout_kills_the_whole_process_group() {
+    let f = Fixture::new("timeout");
+    let (status, log, pids) = run_into_timeout(&f, "hang", "");
     assert_eq!(
         run_pid(&log, "hang"),
         pids[0],
@@ -470,24 +483,8 @@ fn timeout_kills_the_whole_process_group() {
 #[test]
 fn timeout_escalates_to_sigkill_when_sigterm_is_ignored() {
     let f = Fixture::new("sigkill");
-    let d = f.dir.display();
     // Ignored signals stay ignored across fork and exec: the background sleep ignores SIGTERM too.
-    let script = f.script(
-        "stubborn.sh",
-        &format!(
-            "trap '' TERM\necho $$ > {d}/script.pid\n/bin/sleep 60 &\necho $! > {d}/child.pid\n/bin/sleep 60"
-        ),
-    );
-    let auth = token_hook(&f, "stubborn", &script, "timeout = 1\n");
-    let server = f.serve(&["--idle-timeout", IDLE]);
-    let reply = server.post("/hooks/stubborn", &[&auth], b"");
-    assert_eq!(reply.status(), 204, "{reply:?}\n{}", server.log());
-    server.wait_log("timed out", 1);
-    let (status, log) = server.wait(PATIENCE);
-    let pids = [
-        pid_file(&f, "script.pid", &log),
-        pid_file(&f, "child.pid", &log),
-    ];
+    let (status, log, pids) = run_into_timeout(&f, "stubborn", "trap '' TERM\n");
     assert_all_dead(&pids, pids[0], &|| log.clone());
     let (term, kill) = (log.find("SIGTERM"), log.find("SIGKILL"));
     assert!(

@@ -11,7 +11,7 @@ mod support;
 
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -182,21 +182,8 @@ fn cold(f: &Fixture, request: &[u8], idle: &str) -> (Reply, String) {
             reply
         })
     };
-    let mut command = Command::new("/bin/sh");
+    let mut command = f.activation(&["--idle-timeout", idle]);
     command
-        .args([
-            "-c",
-            "export LISTEN_PID=$$; exec \"$0\" \"$@\"",
-            BIN,
-            "serve",
-            "--idle-timeout",
-            idle,
-            "--hooks",
-        ])
-        .arg(&f.hooks)
-        .arg("--key")
-        .arg(&f.key)
-        .env("LISTEN_FDS", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -69,6 +69,32 @@ fn idle_exit_waits_for_a_running_command() {
 }
 
 #[test]
+fn ipv6_listening_socket_on_fd3_is_served() {
+    let f = Fixture::new("ipv6");
+    let token = token_hook(&f, "a");
+    let listener = TcpListener::bind("[::1]:0").expect("IPv6 loopback");
+    let addr = listener.local_addr().unwrap();
+    let mut command = f.activation(&["--idle-timeout", "0.3"]);
+    command.stderr(std::process::Stdio::piped());
+    let child = spawn_with_fd3(command, listener.as_raw_fd());
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    let reply = exchange(
+        &mut stream,
+        &post(
+            "/hooks/a",
+            &[&format!("Authorization: Bearer {token}")],
+            b"v6",
+        ),
+    );
+    assert_eq!(reply.status(), 204, "{reply:?}");
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert!(log.contains("listening on [::1]:"), "{log}");
+    assert_eq!(f.read("a.stdin"), b"v6", "{log}");
+}
+
+#[test]
 fn listen_option_binds_and_serves() {
     let f = Fixture::new("listen");
     let token = token_hook(&f, "a");
@@ -110,22 +136,8 @@ fn unix_listening_socket_is_served() {
     let token = token_hook(&f, "a");
     let path = f.dir.join("sock");
     let listener = UnixListener::bind(&path).unwrap();
-    let mut command = Command::new("/bin/sh");
-    command
-        .args([
-            "-c",
-            "export LISTEN_PID=$$; exec \"$0\" \"$@\"",
-            BIN,
-            "serve",
-            "--idle-timeout",
-            "0.5",
-            "--hooks",
-        ])
-        .arg(&f.hooks)
-        .arg("--key")
-        .arg(&f.key)
-        .env("LISTEN_FDS", "1")
-        .stderr(std::process::Stdio::piped());
+    let mut command = f.activation(&["--idle-timeout", "0.5"]);
+    command.stderr(std::process::Stdio::piped());
     let child = spawn_with_fd3(command, listener.as_raw_fd());
     let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
     use std::io::{Read, Write};

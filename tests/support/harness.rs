@@ -96,10 +96,7 @@ impl Fixture {
     /// `sockhook serve --hooks … --key …` plus `args`, on a listening socket
     /// passed as fd 3, the way systemd's `Accept=no` does it.
     pub fn serve(&self, args: &[&str]) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let child = spawn_with_fd3(piped(self.serve_command(args)), listener.as_raw_fd());
-        Server::new(child, addr)
+        self.serve_with_env(args, &[])
     }
 
     /// The same with a connected socket on fd 3, as systemd's `Accept=yes` does
@@ -109,7 +106,7 @@ impl Fixture {
         let addr = listener.local_addr().unwrap();
         let client = TcpStream::connect(addr).unwrap();
         let (accepted, _) = listener.accept().unwrap();
-        let child = spawn_with_fd3(piped(self.serve_command(args)), accepted.as_raw_fd());
+        let child = spawn_with_fd3(piped(self.activation(args)), accepted.as_raw_fd());
         (Server::new(child, addr), client)
     }
 
@@ -141,7 +138,10 @@ impl Fixture {
         server
     }
 
-    fn serve_command(&self, args: &[&str]) -> Command {
+    /// `sockhook serve --hooks … --key …` plus `args`, with `LISTEN_FDS=1` and
+    /// `LISTEN_PID` set to sockhook's own pid, as systemd starts it; the caller
+    /// puts the socket on fd 3 with [`spawn_with_fd3`] and chooses stdio.
+    pub fn activation(&self, args: &[&str]) -> Command {
         // LISTEN_PID must be the pid of sockhook itself: a shell learns its own pid
         // and execs the binary, keeping it (activate.c sets it after fork the same way).
         let mut command = Command::new("/bin/sh");
@@ -403,7 +403,7 @@ impl Fixture {
     pub fn serve_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut command = piped(self.serve_command(args));
+        let mut command = piped(self.activation(args));
         command.envs(env.iter().copied());
         let child = spawn_with_fd3(command, listener.as_raw_fd());
         Server::new(child, addr)
