@@ -9,8 +9,9 @@
 
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, PipeReader, Read};
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +27,7 @@ use crate::cgroup::{Cgroups, RunCgroup};
 use crate::config::Hook;
 use crate::idle::{Activity, Busy};
 use crate::log::{Clean, Last};
+use crate::read::{Body, Head};
 use crate::{error, info, warning};
 
 /// The only `PATH` a command sees.
@@ -35,17 +37,65 @@ pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How long the output of a finished run is still collected.
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
 
+/// The names of the variables a command gets besides `PATH`, in order.
+pub const ENV_NAMES: [&str; 8] = [
+    "SOCKHOOK_HOOK",
+    "SOCKHOOK_METHOD",
+    "SOCKHOOK_PATH",
+    "SOCKHOOK_QUERY",
+    "SOCKHOOK_REMOTE_ADDR",
+    "SOCKHOOK_EVENT",
+    "SOCKHOOK_DELIVERY",
+    "SOCKHOOK_CONTENT_TYPE",
+];
+
 /// One run of a hook's command, as a request asked for it.
 pub struct Job {
     /// The hook.
-    pub hook: Arc<Hook>,
-    /// `SOCKHOOK_*` variables.
-    pub env: Vec<(&'static str, OsString)>,
-    /// The body, rewound; `None` for an empty body.
-    pub stdin: Option<File>,
+    hook: Arc<Hook>,
+    /// The values of [`ENV_NAMES`], in the same order.
+    env: [OsString; ENV_NAMES.len()],
+    /// The body, the command's stdin.
+    body: Body,
     /// When the request was accepted, from [`Runner::ticket`]: orders jobs by
     /// acceptance rather than by when their clients closed the connection.
-    pub ticket: u64,
+    ticket: u64,
+}
+
+impl Job {
+    /// The job an accepted request asks for: `hook`'s command with the
+    /// request's metadata in its environment and `body` on its stdin.
+    pub fn new(
+        hook: Arc<Hook>,
+        head: &Head,
+        peer: Option<SocketAddr>,
+        body: Body,
+        ticket: u64,
+    ) -> Job {
+        let field = |name: Option<&str>| {
+            OsString::from_vec(
+                name.and_then(|n| head.header(n))
+                    .unwrap_or_default()
+                    .to_vec(),
+            )
+        };
+        let env = [
+            hook.name.clone().into(),
+            head.method.clone().into(),
+            head.path.clone().into(),
+            head.query.clone().unwrap_or_default().into(),
+            peer.map_or_else(String::new, |a| a.ip().to_string()).into(),
+            field(hook.scheme.event_header()),
+            field(hook.scheme.delivery_header()),
+            field(Some("content-type")),
+        ];
+        Job {
+            hook,
+            env,
+            body,
+            ticket,
+        }
+    }
 }
 
 /// Starts jobs, one at a time per hook; cheap to clone.
@@ -277,8 +327,8 @@ fn run_once(shared: &Shared, job: Job) -> bool {
 /// Starts the command; returns the read end of its stdout+stderr pipe and the child.
 fn spawn(job: &Job, cgroup: Option<&RunCgroup>) -> io::Result<(PipeReader, std::process::Child)> {
     let (reader, writer) = io::pipe()?;
-    let stdin = match &job.stdin {
-        Some(body) => Stdio::from(body.try_clone()?),
+    let stdin = match job.body.reader()? {
+        Some(body) => Stdio::from(body),
         None => Stdio::null(),
     };
     let mut command = Command::new(&job.hook.command[0]);
@@ -286,7 +336,7 @@ fn spawn(job: &Job, cgroup: Option<&RunCgroup>) -> io::Result<(PipeReader, std::
         .args(&job.hook.command[1..])
         .env_clear()
         .env("PATH", PATH)
-        .envs(job.env.iter().map(|(k, v)| (k, v)))
+        .envs(ENV_NAMES.iter().zip(&job.env))
         .current_dir("/")
         .stdin(stdin)
         .stdout(writer.try_clone()?)

@@ -8,8 +8,6 @@
 //! `cgroup.kill` (Linux ≥ 5.14) kills every process in it, whatever its user.
 //! Elsewhere (`--listen`, tests) runs use process groups only.
 
-#![allow(unsafe_code)]
-
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
@@ -81,6 +79,7 @@ impl Cgroups {
 
 impl RunCgroup {
     /// Makes the command's process join this cgroup between fork and exec.
+    #[allow(unsafe_code)]
     pub fn enter_on_exec(&self, command: &mut Command) {
         let fd = self.procs.as_raw_fd();
         // SAFETY: write(2) is async-signal-safe; the fd stays open in the parent

@@ -14,7 +14,7 @@ pub fn check(hooks_dir: &Path, key: Option<&Path>) -> u8 {
     let key_path = config::key_path(key, credentials.as_deref());
     if hooks.need_key() {
         match config::load_key(&key_path) {
-            Err(e) => problems.push(e.to_string()),
+            Err(problem) => problems.push(problem.to_string()),
             Ok(_) => {
                 let mode = std::fs::metadata(&key_path).map_or(0, |m| m.permissions().mode());
                 if mode & 0o004 != 0 {

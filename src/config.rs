@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::error::Error;
-use crate::filter::Match;
-use crate::read::DEFAULT_MAX_BODY_BYTES;
+use crate::filter::{Filters, Match};
+use crate::scheme::{Key, Scheme, Secret};
 
 /// Where hook files live unless `--hooks` says otherwise.
 pub const DEFAULT_HOOKS_DIR: &str = "/etc/sockhook/hooks.d";
@@ -31,99 +30,14 @@ pub const HOOKS_PREFIX: &str = "/hooks/";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// The longest `timeout` a hook may set (a day).
 pub const MAX_TIMEOUT_SECS: u64 = 24 * 60 * 60;
+/// Largest body a hook accepts unless its `max_body` says otherwise (GitHub caps at 25 MiB).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 25 * 1024 * 1024;
 /// The largest `max_body` a hook may set (1 GiB; bodies are spooled in memory).
 pub const MAX_MAX_BODY_BYTES: u64 = 1024 * 1024 * 1024;
 /// Hook, key and secret files larger than this are refused.
 pub const MAX_FILE_BYTES: u64 = 64 * 1024;
-/// The shortest server key accepted.
-pub const MIN_KEY_BYTES: usize = 16;
 /// The longest hook name.
 pub const MAX_NAME_BYTES: usize = 64;
-
-/// How a hook checks who sent a request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Scheme {
-    /// HMAC-SHA256(server key, path) as Basic-auth user name or Bearer token.
-    Token,
-    /// `X-Hub-Signature-256: sha256=<hex HMAC of the body>`.
-    Github,
-    /// `X-Gitea-Signature: <hex HMAC of the body>`.
-    Gitea,
-    /// `X-Forgejo-Signature: <hex HMAC of the body>`.
-    Forgejo,
-    /// `X-Gitlab-Token: <the secret>`.
-    Gitlab,
-    /// Bitbucket's `X-Hub-Signature: sha256=<hex HMAC of the body>`.
-    Bitbucket,
-    /// Standard Webhooks: `webhook-signature` over `id.timestamp.body`.
-    StandardWebhooks,
-    /// No check at all; needs `allow_unauthenticated = true`.
-    None,
-}
-
-impl Scheme {
-    /// The name used in hook files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Scheme::Token => "token",
-            Scheme::Github => "github",
-            Scheme::Gitea => "gitea",
-            Scheme::Forgejo => "forgejo",
-            Scheme::Gitlab => "gitlab",
-            Scheme::Bitbucket => "bitbucket",
-            Scheme::StandardWebhooks => "standard-webhooks",
-            Scheme::None => "none",
-        }
-    }
-
-    /// Whether the scheme needs a `secret`.
-    pub fn needs_secret(self) -> bool {
-        !matches!(self, Scheme::Token | Scheme::None)
-    }
-
-    /// The header naming the event, for `events` and `SOCKHOOK_EVENT`.
-    pub fn event_header(self) -> Option<&'static str> {
-        match self {
-            Scheme::Github => Some("x-github-event"),
-            Scheme::Gitea => Some("x-gitea-event"),
-            Scheme::Forgejo => Some("x-forgejo-event"),
-            Scheme::Gitlab => Some("x-gitlab-event"),
-            Scheme::Bitbucket => Some("x-event-key"),
-            Scheme::Token | Scheme::StandardWebhooks | Scheme::None => None,
-        }
-    }
-
-    /// The header carrying the delivery id, for `SOCKHOOK_DELIVERY`.
-    pub fn delivery_header(self) -> Option<&'static str> {
-        match self {
-            Scheme::Github => Some("x-github-delivery"),
-            Scheme::Gitea => Some("x-gitea-delivery"),
-            Scheme::Forgejo => Some("x-forgejo-delivery"),
-            Scheme::Gitlab => Some("x-gitlab-event-uuid"),
-            Scheme::Bitbucket => Some("x-request-uuid"),
-            Scheme::StandardWebhooks => Some("webhook-id"),
-            Scheme::Token | Scheme::None => None,
-        }
-    }
-}
-
-/// Secret bytes; `Debug` never shows them.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
-
-impl Secret {
-    /// The bytes, for computing a MAC.
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret({} bytes)", self.0.len())
-    }
-}
 
 /// A hook, validated and ready to serve.
 #[derive(Debug)]
@@ -135,18 +49,30 @@ pub struct Hook {
     /// How senders are authenticated.
     pub scheme: Scheme,
     /// The shared secret of signature schemes.
+    /// INVARIANT: `Some` exactly when `scheme.needs_secret()`.
     pub secret: Option<Secret>,
     /// Methods accepted, e.g. `["POST"]`.
     pub methods: Vec<String>,
-    /// Events that run the command; `None` runs it for every event.
-    pub events: Option<Vec<String>>,
+    /// Which authenticated requests run the command (`events`, `[match]`).
+    pub filters: Filters,
     /// How long one run may take.
     pub timeout: Duration,
     /// The largest body accepted, in bytes.
     pub max_body: u64,
-    /// Values the JSON body must hold for the command to run (`[match]`).
-    pub filter: Option<Match>,
 }
+
+/// Every key a hook file may hold, as `HookFile` reads them.
+pub const HOOK_KEYS: [&str; 9] = [
+    "command",
+    "auth",
+    "secret",
+    "methods",
+    "events",
+    "timeout",
+    "max_body",
+    "allow_unauthenticated",
+    "match",
+];
 
 /// A hook file as written; every key is optional so each gets a clear message.
 #[derive(Deserialize)]
@@ -190,9 +116,11 @@ pub struct Hooks {
 }
 
 impl Hooks {
-    /// The hook called `name`, or the problem that broke it.
-    pub fn get(&self, name: &str) -> Option<&Result<Arc<Hook>, Problem>> {
-        self.entries.get(name)
+    /// The hook called `name` with its name as stored, or the problem that broke it.
+    pub fn get_entry(&self, name: &str) -> Option<(&str, &Result<Arc<Hook>, Problem>)> {
+        self.entries
+            .get_key_value(name)
+            .map(|(name, hook)| (name.as_str(), hook))
     }
 
     /// Every hook, valid or not, by name.
@@ -311,17 +239,19 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
     {
         return Err("methods: give a non-empty list of upper-case methods, e.g. [\"POST\"]".into());
     }
-    if let Some(events) = &file.events {
-        if scheme.event_header().is_none() {
+    let events = match (file.events, scheme.event_header()) {
+        (None, _) => None,
+        (Some(_), None) => {
             return Err(format!(
                 "events: auth = \"{}\" carries no event header; remove events or use a sender's scheme",
                 scheme.name()
             ));
         }
-        if events.is_empty() || events.iter().any(String::is_empty) {
+        (Some(events), Some(_)) if events.is_empty() || events.iter().any(String::is_empty) => {
             return Err("events: give a non-empty list of event names, e.g. [\"push\"]".into());
         }
-    }
+        (Some(events), Some(header)) => Some((events, header)),
+    };
     let timeout = match file.timeout {
         None => DEFAULT_TIMEOUT,
         Some(secs @ 1..=MAX_TIMEOUT_SECS) => Duration::from_secs(secs),
@@ -346,8 +276,10 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         scheme,
         secret,
         methods,
-        events: file.events,
-        filter: file.filter.as_ref().map(Match::from_toml).transpose()?,
+        filters: Filters {
+            events,
+            payload: file.filter.as_ref().map(Match::from_toml).transpose()?,
+        },
         timeout,
         max_body,
     })
@@ -399,28 +331,26 @@ pub fn secret_path(spec: &str, credentials: Option<&Path>) -> Result<PathBuf, St
 
 fn load_secret(spec: &str, credentials: Option<&Path>, scheme: Scheme) -> Result<Secret, String> {
     let path = secret_path(spec, credentials)?;
-    let bytes = read_secret_file(&path).map_err(|e| {
-        format!("secret: {e}; write the sender's secret there, readable by user sockhook, or pass it with LoadCredential=")
+    let bytes = read_secret_file(&path).map_err(|problem| {
+        format!("secret: {problem}; write the sender's secret there, readable by user sockhook, or pass it with LoadCredential=")
     })?;
-    if scheme == Scheme::StandardWebhooks {
-        return crate::verify::standard_webhooks_key(&bytes)
-            .map(Secret)
-            .map_err(|e| format!("secret: {}: {e}", path.display()));
-    }
-    Ok(Secret(bytes))
+    scheme
+        .decode_secret(bytes)
+        .map_err(|e| format!("secret: {}: {e}", path.display()))
 }
 
 /// Reads a key or secret file: its bytes without one trailing newline; never empty.
-pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
+pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, Problem> {
+    let problem = |message: String| Problem {
+        path: path.to_owned(),
+        message,
+    };
     let mut bytes = Vec::new();
     fs::File::open(path)
         .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| problem(e.to_string()))?;
     if bytes.len() as u64 > MAX_FILE_BYTES {
-        return Err(format!(
-            "{}: larger than {MAX_FILE_BYTES} bytes",
-            path.display()
-        ));
+        return Err(problem(format!("larger than {MAX_FILE_BYTES} bytes")));
     }
     if bytes.ends_with(b"\n") {
         bytes.pop();
@@ -429,25 +359,9 @@ pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, String> {
         }
     }
     if bytes.is_empty() {
-        return Err(format!("{}: empty", path.display()));
+        return Err(problem("empty".into()));
     }
     Ok(bytes)
-}
-
-/// The server key that tokens derive from.
-#[derive(Clone)]
-pub struct Key(Secret);
-
-impl Key {
-    /// The key's bytes.
-    pub fn expose(&self) -> &[u8] {
-        self.0.expose()
-    }
-
-    /// A key from bytes, e.g. for tests.
-    pub fn from_bytes(bytes: &[u8]) -> Key {
-        Key(Secret(bytes.to_vec()))
-    }
 }
 
 /// The key file to use: `--key`, else the systemd credential, else the default.
@@ -460,24 +374,19 @@ pub fn key_path(explicit: Option<&Path>, credentials: Option<&Path>) -> PathBuf 
 }
 
 /// Loads the server key from `path`.
-pub fn load_key(path: &Path) -> Result<Key, Error> {
-    let config = |reason: String| Error::Config {
+pub fn load_key(path: &Path) -> Result<Key, Problem> {
+    let problem = |message: String| Problem {
         path: path.to_owned(),
-        reason,
+        message,
     };
     let bytes = read_secret_file(path).map_err(|e| {
-        config(format!(
-            "cannot use the server key ({e}); create it with: head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {}",
+        problem(format!(
+            "cannot use the server key ({}); create it with: head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {}",
+            e.message,
             path.display()
         ))
     })?;
-    if bytes.len() < MIN_KEY_BYTES {
-        return Err(config(format!(
-            "the server key has {} bytes; use at least {MIN_KEY_BYTES}",
-            bytes.len()
-        )));
-    }
-    Ok(Key(Secret(bytes)))
+    Key::new(bytes).map_err(|e| problem(e.to_string()))
 }
 
 /// The contents of a small file, as UTF-8.
@@ -559,6 +468,16 @@ mod tests {
         let e = build_str("command = [\"/bin/true\"]\nauth = \"token\"\nevents = [\"push\"]\n")
             .unwrap_err();
         assert!(e.starts_with("events:"), "{e}");
+    }
+
+    #[test]
+    fn hook_keys_are_the_keys_hook_files_accept() {
+        let e = toml::from_str::<HookFile>("nonsense = 1")
+            .err()
+            .unwrap()
+            .to_string();
+        let expected: Vec<String> = HOOK_KEYS.iter().map(|k| format!("`{k}`")).collect();
+        assert!(e.contains(&expected.join(", ")), "{e}");
     }
 
     #[test]

@@ -1,9 +1,11 @@
-//! The one error type: every way a request can be refused and every way the
-//! program can fail, with the HTTP status and the exit code each maps to.
+//! The two kinds of failure, kept apart: why a request was not accepted
+//! ([`RequestError`], which maps to a status or to no answer at all), and why
+//! the program stops ([`Error`], which maps to an exit code).
 
 use std::fmt;
 use std::io;
-use std::path::PathBuf;
+
+use crate::config::Problem;
 
 /// Exit code: all well.
 pub const EXIT_OK: u8 = 0;
@@ -16,8 +18,50 @@ pub const EXIT_BUG: u8 = 101;
 /// Exit code: a system call failed; temporary.
 pub const EXIT_SYSTEM: u8 = 111;
 
-/// Everything that can go wrong, from a malformed request to a missing socket.
-pub enum Error {
+/// Every exit code, for `--help` and the man page.
+pub const EXIT_CODES: [u8; 5] = [EXIT_OK, EXIT_FAILED, EXIT_CONFIG, EXIT_BUG, EXIT_SYSTEM];
+
+/// Why a request was not accepted.
+#[derive(Debug)]
+pub enum RequestError {
+    /// Refused: answered with the refusal's status.
+    Refused(Refusal),
+    /// The connection ended before a response could be given.
+    Lost(Lost),
+}
+
+impl From<Refusal> for RequestError {
+    fn from(refusal: Refusal) -> RequestError {
+        RequestError::Refused(refusal)
+    }
+}
+
+impl From<Lost> for RequestError {
+    fn from(lost: Lost) -> RequestError {
+        RequestError::Lost(lost)
+    }
+}
+
+impl fmt::Display for RequestError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RequestError::Refused(refusal) => refusal.fmt(f),
+            RequestError::Lost(lost) => lost.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for RequestError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            RequestError::Refused(refusal) => Some(refusal),
+            RequestError::Lost(lost) => Some(lost),
+        }
+    }
+}
+
+/// A refused request; each variant is answered with one status (RFC 9110 §15).
+pub enum Refusal {
     /// The request is not valid HTTP/1.x as sockhook accepts it (400).
     Malformed(&'static str),
     /// Credentials are missing or do not match (401); `challenge` asks for Basic auth.
@@ -51,26 +95,128 @@ pub enum Error {
     ExpectationFailed,
     /// The request head is longer than `MAX_HEAD_BYTES` or has too many fields (431).
     HeadTooLarge,
-    /// The hook's file or secret is broken; the log at start-up says why (500).
-    HookBroken {
-        /// What is wrong with the hook.
-        reason: String,
+    /// The hook's file, secret or the server key is broken (500).
+    HookBroken(Problem),
+    /// A system call failed while serving the request (500).
+    Internal {
+        /// The operation, as in "unable to `what`".
+        what: String,
+        /// The operating system's error.
+        source: io::Error,
     },
     /// A transfer coding other than `chunked` (501).
     UnsupportedCoding,
-    /// The peer closed the connection before the request was complete (no response).
+}
+
+impl Refusal {
+    /// The status this refusal is answered with.
+    pub fn status(&self) -> u16 {
+        match self {
+            Refusal::Malformed(_) => 400,
+            Refusal::Unauthorized { .. } => 401,
+            Refusal::NotFound => 404,
+            Refusal::MethodNotAllowed { .. } => 405,
+            Refusal::Timeout => 408,
+            Refusal::LengthRequired => 411,
+            Refusal::BodyTooLarge { .. } => 413,
+            Refusal::TargetTooLong => 414,
+            Refusal::UnsupportedMediaType => 415,
+            Refusal::ExpectationFailed => 417,
+            Refusal::HeadTooLarge => 431,
+            Refusal::HookBroken(_) | Refusal::Internal { .. } => 500,
+            Refusal::UnsupportedCoding => 501,
+        }
+    }
+
+    /// Whether the server is at fault, so that an administrator must act: a
+    /// 5xx other than 501, which only says the client asked for too much.
+    pub fn is_server_fault(&self) -> bool {
+        matches!(self, Refusal::HookBroken(_) | Refusal::Internal { .. })
+    }
+
+    /// Shorthand for [`Refusal::Internal`].
+    pub fn internal(what: impl Into<String>, source: io::Error) -> Refusal {
+        Refusal::Internal {
+            what: what.into(),
+            source,
+        }
+    }
+
+    /// Shorthand for a 401 without a Basic-auth challenge.
+    pub fn unauthorized(reason: impl Into<String>) -> Refusal {
+        Refusal::Unauthorized {
+            reason: reason.into(),
+            challenge: false,
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Refusal::Malformed(why) => write!(f, "malformed request: {why}"),
+            Refusal::Unauthorized { reason, .. } => write!(f, "unauthorized: {reason}"),
+            Refusal::NotFound => f.write_str("no such hook"),
+            Refusal::MethodNotAllowed { allow } => {
+                write!(f, "method not allowed (allowed: {allow})")
+            }
+            Refusal::Timeout => f.write_str("request not complete within the deadline"),
+            Refusal::LengthRequired => f.write_str("body without Content-Length"),
+            Refusal::BodyTooLarge { limit } => write!(f, "body larger than {limit} bytes"),
+            Refusal::TargetTooLong => f.write_str("request target too long"),
+            Refusal::UnsupportedMediaType => {
+                f.write_str("this hook matches JSON fields: send Content-Type: application/json")
+            }
+            Refusal::ExpectationFailed => f.write_str("only Expect: 100-continue is supported"),
+            Refusal::HeadTooLarge => f.write_str("request head too large"),
+            Refusal::HookBroken(problem) => write!(f, "hook misconfigured: {}", problem.message),
+            Refusal::Internal { what, source } => write!(f, "unable to {what}: {source}"),
+            Refusal::UnsupportedCoding => f.write_str("transfer coding other than chunked"),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Refusal::Internal { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// How a connection ended before a response could be given.
+pub enum Lost {
+    /// The peer closed its side before the request was complete.
     Closed,
-    /// Reading from or writing to the peer failed (no response).
-    Peer(io::Error),
+    /// Reading from or writing to the peer failed.
+    Io(io::Error),
+}
+
+impl fmt::Display for Lost {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Lost::Closed => f.write_str("peer closed the connection early"),
+            Lost::Io(e) => write!(f, "connection failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for Lost {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Lost::Io(e) => Some(e),
+            Lost::Closed => None,
+        }
+    }
+}
+
+/// Why the program stops before its work is done.
+pub enum Error {
     /// The command line is wrong.
     Usage(String),
     /// A file sockhook needs is missing or invalid.
-    Config {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong, and how to fix it.
-        reason: String,
-    },
+    Config(Problem),
     /// The socket passed by systemd is not one sockhook can serve.
     Socket(String),
     /// A system call failed: `what` names the operation, as in "unable to `what`".
@@ -83,37 +229,11 @@ pub enum Error {
 }
 
 impl Error {
-    /// The HTTP status this error is answered with (RFC 9110 §15).
-    pub fn status(&self) -> u16 {
-        match self {
-            Error::Malformed(_) => 400,
-            Error::Unauthorized { .. } => 401,
-            Error::NotFound => 404,
-            Error::MethodNotAllowed { .. } => 405,
-            Error::Timeout => 408,
-            Error::LengthRequired => 411,
-            Error::BodyTooLarge { .. } => 413,
-            Error::TargetTooLong => 414,
-            Error::UnsupportedMediaType => 415,
-            Error::ExpectationFailed => 417,
-            Error::HeadTooLarge => 431,
-            Error::UnsupportedCoding => 501,
-            Error::HookBroken { .. }
-            | Error::Closed
-            | Error::Peer(_)
-            | Error::Usage(_)
-            | Error::Config { .. }
-            | Error::Socket(_)
-            | Error::System { .. } => 500,
-        }
-    }
-
     /// The process exit code when this error ends the program.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Usage(_) | Error::Config { .. } | Error::Socket(_) => EXIT_CONFIG,
+            Error::Usage(_) | Error::Config(_) | Error::Socket(_) => EXIT_CONFIG,
             Error::System { .. } => EXIT_SYSTEM,
-            _ => EXIT_FAILED,
         }
     }
 
@@ -126,38 +246,42 @@ impl Error {
     }
 }
 
+impl From<Problem> for Error {
+    fn from(problem: Problem) -> Error {
+        Error::Config(problem)
+    }
+}
+
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Error::Malformed(why) => write!(f, "malformed request: {why}"),
-            Error::Unauthorized { reason, .. } => write!(f, "unauthorized: {reason}"),
-            Error::NotFound => f.write_str("no such hook"),
-            Error::MethodNotAllowed { allow } => write!(f, "method not allowed (allowed: {allow})"),
-            Error::Timeout => f.write_str("request not complete within the deadline"),
-            Error::LengthRequired => f.write_str("body without Content-Length"),
-            Error::BodyTooLarge { limit } => write!(f, "body larger than {limit} bytes"),
-            Error::TargetTooLong => f.write_str("request target too long"),
-            Error::UnsupportedMediaType => {
-                f.write_str("this hook matches JSON fields: send Content-Type: application/json")
-            }
-            Error::ExpectationFailed => f.write_str("only Expect: 100-continue is supported"),
-            Error::HeadTooLarge => f.write_str("request head too large"),
-            Error::HookBroken { reason } => write!(f, "hook misconfigured: {reason}"),
-            Error::UnsupportedCoding => f.write_str("transfer coding other than chunked"),
-            Error::Closed => f.write_str("peer closed the connection early"),
-            Error::Peer(e) => write!(f, "connection failed: {e}"),
-            Error::Usage(why) => write!(f, "usage: {why}"),
-            Error::Config { path, reason } => write!(f, "{}: {reason}", path.display()),
+            Error::Usage(why) => f.write_str(why),
+            Error::Config(problem) => problem.fmt(f),
             Error::Socket(why) => write!(f, "unusable socket: {why}"),
             Error::System { what, source } => write!(f, "unable to {what}: {source}"),
         }
     }
 }
 
-impl fmt::Debug for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::System { source, .. } => Some(source),
+            _ => None,
+        }
     }
 }
 
-impl std::error::Error for Error {}
+/// `Debug` as `Display`, so that `{:?}` and a failed `unwrap` show the
+/// message itself (lexopt's way).
+macro_rules! debug_is_display {
+    ($($t:ty),*) => {$(
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(self, f)
+            }
+        }
+    )*};
+}
+
+debug_is_display!(Refusal, Lost, Error);

@@ -1,73 +1,51 @@
 //! sockhook: a socket-activated webhook responder for systemd hosts.
 //!
 //! A request's life, one module per stage: [`listen`] (adopt the socket) →
-//! [`read`] (bounded head and body) → [`route`] (path to hook) → [`verify`]
-//! (token or signature) → [`respond`] (answer, half-close, drain) → [`act`]
-//! (run the command) — with [`serve`] driving them until [`idle`] says to exit.
+//! [`read`] (bounded head, then the body spooled to a sealed memory file) →
+//! [`route`] (path to hook) → [`verify`] (token or signature, over the
+//! [`scheme`]s) → [`filter`] (events, content type, `[match]`) → [`respond`]
+//! (answer, half-close, drain) → [`act`] (run the command, one at a time per
+//! hook, each in its [`cgroup`]). [`request`] takes one request through them
+//! top to bottom; [`serve`] is the process around it, accepting until
+//! [`idle`] says to exit. [`config`] loads the hook files, [`replay`] keeps
+//! the delivery ids already seen, [`log`] writes the journal's lines, and
+//! [`error`] holds the two error types. `check`, `token` and `sign` are in
+//! [`check`] and [`tools`], the command line in [`cli`].
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
 
 pub mod log;
 
-pub mod act;
-pub mod cgroup;
-pub mod check;
-pub mod cli;
-pub mod config;
-pub mod error;
-pub mod filter;
-pub mod idle;
-pub mod listen;
-pub mod read;
-pub mod replay;
-pub mod respond;
-pub mod route;
-pub mod serve;
-pub mod tools;
-pub mod verify;
+pub(crate) mod act;
+pub(crate) mod cgroup;
+pub(crate) mod check;
+pub(crate) mod cli;
+pub(crate) mod config;
+pub(crate) mod error;
+pub(crate) mod filter;
+pub(crate) mod idle;
+pub(crate) mod listen;
+pub(crate) mod read;
+pub(crate) mod replay;
+pub(crate) mod request;
+pub(crate) mod respond;
+pub(crate) mod route;
+pub(crate) mod scheme;
+pub(crate) mod serve;
+pub(crate) mod tools;
+pub(crate) mod verify;
 
 use std::ffi::OsString;
 
 use cli::Command;
-use error::{EXIT_BUG, EXIT_OK, Error};
+pub use error::{EXIT_BUG, Error};
 
-/// Runs sockhook with `args` (without the program name); returns the exit code.
-pub fn run(args: impl IntoIterator<Item = OsString>) -> u8 {
-    one_malloc_arena();
-    log::init();
-    std::panic::set_hook(Box::new(|info| {
-        error!("fatal: internal error (a bug, please report it): {info}");
-        std::process::exit(i32::from(EXIT_BUG));
-    }));
-    match dispatch(args) {
-        Ok(code) => code,
-        Err(e) => {
-            error!("fatal: {e}");
-            e.exit_code()
-        }
-    }
-}
-
-/// Makes glibc keep one malloc arena instead of one per busy thread.
-///
-/// Connection and run threads allocate little, but each would otherwise get
-/// an arena of its own. Measured on a burst of 1000 requests at concurrency
-/// 8 (five runs each): peak resident memory median 3.7 → 3.3 MiB, worst
-/// 5.1 → 3.6 MiB.
-#[allow(unsafe_code)]
-fn one_malloc_arena() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only sets an allocator parameter; called before any
-    // thread exists.
-    unsafe {
-        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
-    }
-}
-
-fn dispatch(args: impl IntoIterator<Item = OsString>) -> Result<u8, Error> {
+/// Runs the command line `args` (without the program name); returns the
+/// exit code, or the error that ends the program.
+pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8, Error> {
     match cli::parse(args)? {
-        Command::Help => print!("{}", cli::HELP),
+        Command::Help(text) => print!("{text}"),
         Command::Version => println!("sockhook {}", env!("CARGO_PKG_VERSION")),
         Command::Serve(options) => return serve::serve(&options),
         Command::Check { hooks_dir, key } => return Ok(check::check(&hooks_dir, key.as_deref())),
@@ -88,8 +66,26 @@ fn dispatch(args: impl IntoIterator<Item = OsString>) -> Result<u8, Error> {
             timestamp,
         } => {
             let body = &mut std::io::stdin().lock();
-            println!("{}", tools::sign(&scheme, &secret, id, timestamp, body)?);
+            println!("{}", tools::sign(scheme, &secret, id, timestamp, body)?);
         }
     }
-    Ok(EXIT_OK)
+    Ok(error::EXIT_OK)
+}
+
+/// What the fuzz targets, the regression tests and the man-page checks reach
+/// inside: not an API, and not kept stable.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::act::ENV_NAMES;
+    pub use crate::cli::{COMMANDS, Opt, Subcommand};
+    pub use crate::config::{HOOK_KEYS, Hook, Hooks, Problem, load};
+    pub use crate::error::{EXIT_CODES, RequestError};
+    pub use crate::filter::{Ignored, Match};
+    pub use crate::read::{Framing, Head, MAX_HEADERS, MAX_TARGET_BYTES, Reader, Source};
+    pub use crate::respond::STATUSES;
+    pub use crate::scheme::{Key, STANDARD_WEBHOOKS_PREFIX, Scheme, Secret};
+    pub use crate::verify::{
+        Pending, before_body, body_signature, hex, standard_webhooks_signature, token,
+        token_matches, unhex,
+    };
 }

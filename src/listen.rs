@@ -3,8 +3,10 @@
 //! A listening socket (`Accept=no`) is served until idle; a connected one
 //! (`Accept=yes`) is one connection. `SO_ACCEPTCONN` tells them apart, since
 //! systemd passes both the same way.
-
-#![allow(unsafe_code)]
+//!
+//! The `LISTEN_*` variables stay in sockhook's environment: commands start
+//! with a cleared one, and removing a variable is sound only while no other
+//! thread exists, a contract this module could not enforce.
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -24,8 +26,6 @@ pub const LISTEN_FDS_START: RawFd = 3;
 pub const LISTEN_PID: &str = "LISTEN_PID";
 /// How many fds are passed.
 pub const LISTEN_FDS: &str = "LISTEN_FDS";
-/// Their names, from `FileDescriptorName=`; unused, but removed with the others.
-pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
 
 /// What sockhook serves.
 #[derive(Debug)]
@@ -78,17 +78,11 @@ pub fn passed_fds(pid: Option<&str>, fds: Option<&str>, our_pid: u32) -> Result<
 
 /// Takes the sockets systemd passed, or `None` when it passed none.
 ///
-/// Removes the `LISTEN_*` variables. Call it before any thread is started:
-/// changing the environment while another thread reads it is undefined.
+/// Call it once: each fd is wrapped into an owning value.
 pub fn from_systemd() -> Result<Option<Socket>, Error> {
     let pid = std::env::var(LISTEN_PID).ok();
     let fds = std::env::var(LISTEN_FDS).ok();
-    let count = passed_fds(pid.as_deref(), fds.as_deref(), std::process::id());
-    for name in [LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES] {
-        // SAFETY: sockhook calls this from `main`'s thread before it starts any other.
-        unsafe { std::env::remove_var(name) };
-    }
-    let count = count?;
+    let count = passed_fds(pid.as_deref(), fds.as_deref(), std::process::id())?;
     if count == 0 {
         return Ok(None);
     }
@@ -114,11 +108,15 @@ enum Adopted {
     Connection(Stream),
 }
 
+#[allow(unsafe_code)]
 fn adopt(fd: RawFd) -> Result<Adopted, Error> {
-    // SAFETY: only borrowed for the F_GETFD probe below, which is harmless on any fd number.
-    let probe = unsafe { BorrowedFd::borrow_raw(fd) };
-    fcntl(probe, FcntlArg::F_GETFD)
-        .map_err(|_| Error::Socket(format!("fd {fd} is not open although {LISTEN_FDS} says so")))?;
+    // A raw probe: a BorrowedFd must name an open fd, and this one may not be.
+    // SAFETY: F_GETFD reads flags and is harmless on any fd number.
+    if unsafe { nix::libc::fcntl(fd, nix::libc::F_GETFD) } < 0 {
+        return Err(Error::Socket(format!(
+            "fd {fd} is not open although {LISTEN_FDS} says so"
+        )));
+    }
     // SAFETY: fd is open (checked above), systemd handed it to this process, and
     // it is wrapped exactly once, so the OwnedFd is its only owner.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -156,6 +154,7 @@ fn adopt(fd: RawFd) -> Result<Adopted, Error> {
 /// Marks every fd above stderr close-on-exec, so that a command inherits
 /// nothing but stdin, stdout and stderr — not the sockets, and not whatever
 /// sockhook's own parent leaked to it.
+#[allow(unsafe_code)]
 pub fn close_inherited_on_exec() -> Result<(), Error> {
     // SAFETY: close_range(2) with CLOSE_RANGE_CLOEXEC only changes fd flags.
     let done = unsafe {
@@ -178,10 +177,10 @@ pub fn close_inherited_on_exec() -> Result<(), Error> {
         .filter(|&fd| fd > 2)
         .collect();
     for fd in fds {
-        // SAFETY: borrowed only for one fcntl; an fd closed meanwhile (the
-        // directory listing's own) just makes the call fail.
-        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        let _ = fcntl(borrowed, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC));
+        // A raw call: the listing's own fd is closed by now, and a BorrowedFd
+        // must name an open one.
+        // SAFETY: F_SETFD changes only the flags of whatever fd has that number.
+        unsafe { nix::libc::fcntl(fd, nix::libc::F_SETFD, nix::libc::FD_CLOEXEC) };
     }
     Ok(())
 }

@@ -12,23 +12,35 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static PRIORITY_PREFIX: AtomicBool = AtomicBool::new(false);
 
-/// How urgent a line is; the numbers are syslog's.
+/// How urgent a line is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Level {
+    /// The program stops: it cannot do what it was asked.
+    Fatal,
     /// Something failed that needs an administrator.
-    Error = 3,
+    Error,
     /// A request was refused, or a command did not succeed.
-    Warning = 4,
+    Warning,
     /// Normal operation.
-    Info = 6,
+    Info,
 }
 
 impl Level {
     fn name(self) -> &'static str {
         match self {
+            Level::Fatal => "fatal",
             Level::Error => "error",
             Level::Warning => "warning",
             Level::Info => "info",
+        }
+    }
+
+    /// The syslog priority journald gives the line.
+    fn priority(self) -> u8 {
+        match self {
+            Level::Fatal | Level::Error => 3,
+            Level::Warning => 4,
+            Level::Info => 6,
         }
     }
 }
@@ -48,7 +60,7 @@ pub fn init() {
 pub fn line(level: Level, args: fmt::Arguments<'_>) {
     let mut text = String::with_capacity(128);
     if PRIORITY_PREFIX.load(Ordering::Relaxed) {
-        text.push_str(&format!("<{}>", level as u8));
+        text.push_str(&format!("<{}>", level.priority()));
     }
     text.push_str(&format!("sockhook: {}: {args}\n", level.name()));
     let _ = std::io::stderr().lock().write_all(text.as_bytes());
@@ -89,6 +101,12 @@ macro_rules! info {
 #[macro_export]
 macro_rules! warning {
     ($($arg:tt)*) => { $crate::log::line($crate::log::Level::Warning, format_args!($($arg)*)) };
+}
+
+/// Logs the line that says why the program stops.
+#[macro_export]
+macro_rules! fatal {
+    ($($arg:tt)*) => { $crate::log::line($crate::log::Level::Fatal, format_args!($($arg)*)) };
 }
 
 /// Logs at error level.

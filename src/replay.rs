@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::error::Error;
+use crate::error::Refusal;
 
 /// How long an id is remembered: a delivery can pass the timestamp check for
 /// twice the tolerance (from `tolerance` in the future to `tolerance` old).
@@ -42,23 +42,17 @@ impl Replay {
         }
     }
 
-    /// Where ids are kept, for the start-up log line.
-    pub fn describe(&self) -> String {
-        self.file
-            .as_ref()
-            .map_or_else(|| "in memory".into(), |p| p.display().to_string())
-    }
-
     /// Records delivery `id` of `hook` at `now` (Unix seconds), or refuses it
     /// if it was accepted within [`REMEMBER`].
-    pub fn admit(&self, hook: &str, id: &str, now: u64) -> Result<(), Error> {
+    pub fn admit(&self, hook: &str, id: &str, now: u64) -> Result<(), Refusal> {
         let key = format!("{hook} {id}");
         let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
         let Some(path) = &self.file else {
             return admit_in(&mut memory, key, now);
         };
-        let fail =
-            |what: &str, e: std::io::Error| Error::system(format!("{what} {}", path.display()), e);
+        let fail = |what: &str, e: std::io::Error| {
+            Refusal::internal(format!("{what} {}", path.display()), e)
+        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -91,13 +85,12 @@ fn read_ids(file: &mut File) -> Vec<(u64, String)> {
         .collect()
 }
 
-fn admit_in(ids: &mut Vec<(u64, String)>, key: String, now: u64) -> Result<(), Error> {
+fn admit_in(ids: &mut Vec<(u64, String)>, key: String, now: u64) -> Result<(), Refusal> {
     ids.retain(|&(time, _)| time + REMEMBER.as_secs() >= now);
     if ids.iter().any(|(_, k)| *k == key) {
-        return Err(Error::Unauthorized {
-            reason: "webhook-id was already accepted (a replay)".into(),
-            challenge: false,
-        });
+        return Err(Refusal::unauthorized(
+            "webhook-id was already accepted (a replay)",
+        ));
     }
     ids.push((now, key));
     if ids.len() > MAX_IDS {

@@ -10,7 +10,7 @@
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crate::error::Error;
+use crate::error::Refusal;
 use crate::listen::Stream;
 
 /// Longest wait for one read while draining.
@@ -53,24 +53,24 @@ impl Response {
     }
 
     /// The answer to a refused request. Server-side details stay in the log.
-    pub fn refusal(error: &Error) -> Response {
+    pub fn refusal(refusal: &Refusal) -> Response {
         let mut headers = Vec::new();
-        match error {
-            Error::MethodNotAllowed { allow } => headers.push(("Allow", allow.clone())),
-            Error::Unauthorized {
+        match refusal {
+            Refusal::MethodNotAllowed { allow } => headers.push(("Allow", allow.clone())),
+            Refusal::Unauthorized {
                 challenge: true, ..
             } => {
                 headers.push(("WWW-Authenticate", "Basic realm=\"sockhook\"".into()));
             }
             _ => {}
         }
-        let body = match error {
-            Error::HookBroken { .. } => "hook misconfigured; the server's log says why".into(),
-            e if e.status() >= 500 && e.status() != 501 => "internal error".into(),
-            e => e.to_string(),
+        let body = match refusal {
+            Refusal::HookBroken(_) => "hook misconfigured; the server's log says why".into(),
+            r if r.is_server_fault() => "internal error".into(),
+            r => r.to_string(),
         };
         Response {
-            status: error.status(),
+            status: refusal.status(),
             headers,
             body: format!("{body}\n"),
         }
@@ -102,27 +102,32 @@ impl Response {
     }
 }
 
-/// The reason phrase of each status sockhook sends (RFC 9110 §15).
+/// Every status sockhook sends, with its reason phrase (RFC 9110 §15).
+pub const STATUSES: [(u16, &str); 16] = [
+    (100, "Continue"),
+    (200, "OK"),
+    (204, "No Content"),
+    (400, "Bad Request"),
+    (401, "Unauthorized"),
+    (404, "Not Found"),
+    (405, "Method Not Allowed"),
+    (408, "Request Timeout"),
+    (411, "Length Required"),
+    (413, "Content Too Large"),
+    (414, "URI Too Long"),
+    (415, "Unsupported Media Type"),
+    (417, "Expectation Failed"),
+    (431, "Request Header Fields Too Large"),
+    (500, "Internal Server Error"),
+    (501, "Not Implemented"),
+];
+
+/// The reason phrase of `status`.
 pub fn reason_phrase(status: u16) -> &'static str {
-    match status {
-        100 => "Continue",
-        200 => "OK",
-        204 => "No Content",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        411 => "Length Required",
-        413 => "Content Too Large",
-        414 => "URI Too Long",
-        415 => "Unsupported Media Type",
-        417 => "Expectation Failed",
-        431 => "Request Header Fields Too Large",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        _ => "Unknown",
-    }
+    STATUSES
+        .iter()
+        .find(|(code, _)| *code == status)
+        .map_or("Unknown", |(_, phrase)| phrase)
 }
 
 /// An IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
@@ -252,7 +257,7 @@ mod tests {
 
     #[test]
     fn refusals_carry_their_headers_and_a_length() {
-        let r = Response::refusal(&Error::MethodNotAllowed {
+        let r = Response::refusal(&Refusal::MethodNotAllowed {
             allow: "POST".into(),
         });
         let bytes = String::from_utf8(r.to_bytes(UNIX_EPOCH)).unwrap();
@@ -263,7 +268,7 @@ mod tests {
             r.body.len(),
             r.body
         )));
-        let r = Response::refusal(&Error::Unauthorized {
+        let r = Response::refusal(&Refusal::Unauthorized {
             reason: "x".into(),
             challenge: true,
         });
@@ -275,9 +280,10 @@ mod tests {
 
     #[test]
     fn misconfiguration_details_stay_in_the_log() {
-        let r = Response::refusal(&Error::HookBroken {
-            reason: "/etc/sockhook/secret: denied".into(),
-        });
+        let r = Response::refusal(&Refusal::HookBroken(crate::config::Problem {
+            path: "/etc/sockhook/secret".into(),
+            message: "denied".into(),
+        }));
         assert_eq!(r.status, 500);
         assert!(!r.body.contains("/etc"), "{}", r.body);
     }

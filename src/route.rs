@@ -2,34 +2,34 @@
 
 use std::sync::Arc;
 
-use crate::config::{HOOKS_PREFIX, Hook, Hooks, valid_name};
-use crate::error::Error;
+use crate::config::{HOOKS_PREFIX, Hook, Hooks, Problem, valid_name};
+use crate::error::Refusal;
 
-/// The hook served at `path` if it accepts `method`.
+/// A hook file found for a path: its name, and the hook or what broke it.
+pub type Entry<'h> = (&'h str, &'h Result<Arc<Hook>, Problem>);
+
+/// The hook file that `path` names, if any.
 ///
 /// Matching is exact and on the raw path: no percent-decoding, no dot
 /// segments, no trailing slash, so that a path names at most one hook.
-pub fn route(hooks: &Hooks, path: &str, method: &str) -> Result<Arc<Hook>, Error> {
-    let name = hook_name(path).ok_or(Error::NotFound)?;
-    let hook = match hooks.get(name) {
-        None => return Err(Error::NotFound),
-        Some(Err(problem)) => {
-            return Err(Error::HookBroken {
-                reason: problem.message.clone(),
-            });
-        }
-        Some(Ok(hook)) => hook,
+pub fn lookup<'h>(hooks: &'h Hooks, path: &str) -> Option<Entry<'h>> {
+    let name = path
+        .strip_prefix(HOOKS_PREFIX)
+        .filter(|name| valid_name(name))?;
+    hooks.get_entry(name)
+}
+
+/// The hook of `entry` if it is valid and accepts `method`.
+pub fn accept(entry: Option<Entry<'_>>, method: &str) -> Result<Arc<Hook>, Refusal> {
+    let hook = match entry {
+        None => return Err(Refusal::NotFound),
+        Some((_, Err(problem))) => return Err(Refusal::HookBroken(problem.clone())),
+        Some((_, Ok(hook))) => hook,
     };
     if !hook.methods.iter().any(|m| m == method) {
-        return Err(Error::MethodNotAllowed {
+        return Err(Refusal::MethodNotAllowed {
             allow: hook.methods.join(", "),
         });
     }
     Ok(Arc::clone(hook))
-}
-
-/// The hook name a path asks for, if it has the form `/hooks/NAME`.
-pub fn hook_name(path: &str) -> Option<&str> {
-    path.strip_prefix(HOOKS_PREFIX)
-        .filter(|name| valid_name(name))
 }

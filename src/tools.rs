@@ -2,10 +2,10 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::{self, CREDENTIALS_DIRECTORY};
+use crate::config::{self, CREDENTIALS_DIRECTORY, Problem};
 use crate::error::Error;
+use crate::scheme::Scheme;
 use crate::verify;
 
 /// The token for `path`, or a URL carrying it as the user name (and, on
@@ -36,46 +36,43 @@ pub fn token(path: &str, key: Option<&Path>, url_base: Option<&str>) -> Result<S
 
 /// The header lines that make `body` pass `scheme` with the secret in `secret`.
 pub fn sign(
-    scheme: &str,
+    scheme: Scheme,
     secret: &Path,
     id: Option<String>,
     timestamp: Option<u64>,
     body: &mut dyn Read,
 ) -> Result<String, Error> {
-    let config = |reason: String| Error::Config {
+    let bytes = config::read_secret_file(secret)?;
+    let key = scheme.decode_secret(bytes).map_err(|e| Problem {
         path: secret.to_owned(),
-        reason,
-    };
-    let secret = config::read_secret_file(secret).map_err(config)?;
-    let mut bytes = Vec::new();
-    body.read_to_end(&mut bytes)
+        message: e.to_string(),
+    })?;
+    let mut body_bytes = Vec::new();
+    body.read_to_end(&mut body_bytes)
         .map_err(|e| Error::system("read the body from stdin", e))?;
-    let signature = || verify::body_signature(&secret, &bytes);
+    let signature = || verify::body_signature(key.expose(), &body_bytes);
     Ok(match scheme {
-        "github" => format!("X-Hub-Signature-256: sha256={}", signature()),
-        "bitbucket" => format!("X-Hub-Signature: sha256={}", signature()),
-        "gitea" => format!("X-Gitea-Signature: {}", signature()),
-        "forgejo" => format!("X-Forgejo-Signature: {}", signature()),
-        "gitlab" => format!("X-Gitlab-Token: {}", String::from_utf8_lossy(&secret)),
-        "standard-webhooks" => {
-            let key = verify::standard_webhooks_key(&secret).map_err(config)?;
+        Scheme::Github => format!("X-Hub-Signature-256: sha256={}", signature()),
+        Scheme::Bitbucket => format!("X-Hub-Signature: sha256={}", signature()),
+        Scheme::Gitea => format!("X-Gitea-Signature: {}", signature()),
+        Scheme::Forgejo => format!("X-Forgejo-Signature: {}", signature()),
+        Scheme::Gitlab => format!("X-Gitlab-Token: {}", String::from_utf8_lossy(key.expose())),
+        Scheme::StandardWebhooks => {
             let id = match id {
                 Some(id) => id,
                 None => format!("msg_{}", verify::hex(&random_bytes()?)),
             };
-            let timestamp = timestamp.unwrap_or_else(|| {
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map_or(0, |d| d.as_secs())
-            });
-            let signature = verify::standard_webhooks_signature(&key, &id, timestamp, &bytes);
+            let timestamp = timestamp.unwrap_or_else(verify::unix_now);
+            let signature =
+                verify::standard_webhooks_signature(key.expose(), &id, timestamp, &body_bytes);
             format!(
                 "webhook-id: {id}\nwebhook-timestamp: {timestamp}\nwebhook-signature: {signature}"
             )
         }
-        other => {
+        Scheme::Token | Scheme::None => {
             return Err(Error::Usage(format!(
-                "sign: unknown scheme {other:?}; choose github, gitea, forgejo, gitlab, bitbucket or standard-webhooks"
+                "sign: auth = \"{}\" has no signature to make",
+                scheme.name()
             )));
         }
     })

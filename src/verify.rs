@@ -13,17 +13,16 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::config::{Hook, Key, Scheme, Secret};
-use crate::error::Error;
+use crate::config::{Hook, Problem};
+use crate::error::Refusal;
 use crate::read::Head;
-use crate::replay::{MAX_ID_BYTES, Replay};
+use crate::replay::MAX_ID_BYTES;
+use crate::scheme::{Key, Scheme, Secret};
 
 /// How far a Standard Webhooks timestamp may be from now, either way.
 pub const TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(300);
 /// Most signatures considered in one `webhook-signature` header.
 pub const MAX_SIGNATURES: usize = 8;
-/// The prefix of a Standard Webhooks secret; the rest is base64.
-pub const STANDARD_WEBHOOKS_PREFIX: &str = "whsec_";
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -37,24 +36,6 @@ pub fn body_signature(secret: &[u8], body: &[u8]) -> String {
     hex(&mac(secret, body))
 }
 
-/// `sha256=<hex>`: GitHub's `X-Hub-Signature-256` value for `body`.
-pub fn github_signature(secret: &[u8], body: &[u8]) -> String {
-    format!("sha256={}", body_signature(secret, body))
-}
-
-/// The HMAC key of a Standard Webhooks secret: `whsec_` and base64.
-pub fn standard_webhooks_key(secret: &[u8]) -> Result<Vec<u8>, String> {
-    let encoded = secret
-        .strip_prefix(STANDARD_WEBHOOKS_PREFIX.as_bytes())
-        .unwrap_or(secret);
-    match BASE64.decode(encoded) {
-        Ok(key) if !key.is_empty() => Ok(key),
-        _ => Err(format!(
-            "not a Standard Webhooks secret ({STANDARD_WEBHOOKS_PREFIX} and base64)"
-        )),
-    }
-}
-
 /// `v1,<base64>`: the Standard Webhooks signature of a delivery.
 pub fn standard_webhooks_signature(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
     let mut signed = format!("{id}.{timestamp}.").into_bytes();
@@ -64,9 +45,9 @@ pub fn standard_webhooks_signature(key: &[u8], id: &str, timestamp: u64, body: &
 
 /// What is left to check once the head has passed.
 pub enum Pending {
-    /// Nothing: the sender is authenticated.
+    /// Nothing: the sender is authenticated by the head alone.
     Done,
-    /// The body's MAC must match.
+    /// The body's MAC must match one of the signatures the sender gave.
     Body(BodyMac),
 }
 
@@ -75,50 +56,64 @@ pub struct BodyMac {
     mac: HmacSha256,
     /// Signatures the sender gave; one must match.
     expected: Vec<Vec<u8>>,
-    /// A delivery id to admit once the signature matched (Standard Webhooks).
-    replay_id: Option<String>,
+    /// The delivery id the signature covers (Standard Webhooks).
+    delivery: Option<String>,
 }
 
-impl BodyMac {
+/// An authenticated request.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// A signed delivery id, which must not be accepted twice (Standard Webhooks).
+    pub replay_id: Option<String>,
+}
+
+impl Pending {
     /// Adds the next piece of the body.
     pub fn update(&mut self, piece: &[u8]) {
-        self.mac.update(piece);
+        if let Pending::Body(body) = self {
+            body.mac.update(piece);
+        }
     }
 
-    /// Compares, in constant time, with the signatures the sender gave, then
-    /// admits the delivery id of `hook` if there is one.
-    pub fn finish(self, hook: &str, replay: &Replay) -> Result<(), Error> {
-        let matched = self
+    /// The verdict once the whole body went through [`Pending::update`]:
+    /// compared in constant time with each signature the sender gave.
+    pub fn finish(self) -> Result<Verified, Refusal> {
+        let body = match self {
+            Pending::Done => return Ok(Verified { replay_id: None }),
+            Pending::Body(body) => body,
+        };
+        let matched = body
             .expected
             .iter()
-            .any(|expected| self.mac.clone().verify_slice(expected).is_ok());
+            .any(|expected| body.mac.clone().verify_slice(expected).is_ok());
         if !matched {
-            return Err(unauthorized(
+            return Err(Refusal::unauthorized(
                 "signature does not match the body (wrong secret, or the body was altered)",
             ));
         }
-        match &self.replay_id {
-            Some(id) => replay.admit(hook, id, unix_now()),
-            None => Ok(()),
-        }
+        Ok(Verified {
+            replay_id: body.delivery,
+        })
     }
 }
 
 /// Checks everything that needs no body: credentials, or the signature's presence and form.
 ///
-/// `key` is the server key, or why it is unavailable.
-pub fn before_body(hook: &Hook, head: &Head, key: Result<&Key, &str>) -> Result<Pending, Error> {
+/// `key` is the server key, or the problem that makes it unavailable.
+pub fn before_body(
+    hook: &Hook,
+    head: &Head,
+    key: Result<&Key, &Problem>,
+) -> Result<Pending, Refusal> {
     match hook.scheme {
         Scheme::None => Ok(Pending::Done),
         Scheme::Token => {
-            let key = key.map_err(|why| Error::HookBroken {
-                reason: format!("server key unavailable: {why}"),
-            })?;
+            let key = key.map_err(|problem| Refusal::HookBroken(problem.clone()))?;
             let presented = presented_token(head)?;
             if token_matches(key, &head.path, &presented) {
                 Ok(Pending::Done)
             } else {
-                Err(Error::Unauthorized {
+                Err(Refusal::Unauthorized {
                     reason: "token does not match the path".into(),
                     challenge: true,
                 })
@@ -130,7 +125,7 @@ pub fn before_body(hook: &Hook, head: &Head, key: Result<&Key, &str>) -> Result<
                     .header("x-hub-signature")
                     .is_some_and(|v| v.starts_with(b"sha1="));
             if sha1_only {
-                return Err(unauthorized(
+                return Err(Refusal::unauthorized(
                     "only X-Hub-Signature (SHA-1) was sent; sockhook needs X-Hub-Signature-256",
                 ));
             }
@@ -139,77 +134,75 @@ pub fn before_body(hook: &Hook, head: &Head, key: Result<&Key, &str>) -> Result<
         Scheme::Bitbucket => prefixed_hex(hook, head, "X-Hub-Signature"),
         Scheme::StandardWebhooks => standard_webhooks(hook, head),
         Scheme::Gitea | Scheme::Forgejo => {
-            let name = if hook.scheme == Scheme::Gitea {
-                "X-Gitea-Signature"
-            } else {
-                "X-Forgejo-Signature"
-            };
-            let value = single(head, &name.to_ascii_lowercase()).map_err(|e| e.into_error(name))?;
+            let name = hook.scheme.signature_header().unwrap_or_default();
+            let value =
+                single(head, &name.to_ascii_lowercase()).map_err(|e| e.into_refusal(name))?;
             body_mac(hook, value, name)
         }
         Scheme::Gitlab => {
             let value =
-                single(head, "x-gitlab-token").map_err(|e| e.into_error("X-Gitlab-Token"))?;
+                single(head, "x-gitlab-token").map_err(|e| e.into_refusal("X-Gitlab-Token"))?;
             let secret = secret(hook)?;
             let mut presented = keyed(secret.expose());
             presented.update(value);
             presented
                 .verify_slice(&mac(secret.expose(), secret.expose()))
                 .map(|()| Pending::Done)
-                .map_err(|_| unauthorized("X-Gitlab-Token does not match the secret"))
+                .map_err(|_| Refusal::unauthorized("X-Gitlab-Token does not match the secret"))
         }
     }
 }
 
 /// `HEADER: sha256=<hex HMAC of the body>`, as GitHub and Bitbucket send it.
-fn prefixed_hex(hook: &Hook, head: &Head, header: &str) -> Result<Pending, Error> {
-    let value = single(head, &header.to_ascii_lowercase()).map_err(|e| e.into_error(header))?;
+fn prefixed_hex(hook: &Hook, head: &Head, header: &str) -> Result<Pending, Refusal> {
+    let value = single(head, &header.to_ascii_lowercase()).map_err(|e| e.into_refusal(header))?;
     let hex = value
         .strip_prefix(b"sha256=")
-        .ok_or_else(|| unauthorized(&format!("{header} does not start with sha256=")))?;
+        .ok_or_else(|| Refusal::unauthorized(format!("{header} does not start with sha256=")))?;
     body_mac(hook, hex, header)
 }
 
-fn body_mac(hook: &Hook, hex_digits: &[u8], header: &str) -> Result<Pending, Error> {
+fn body_mac(hook: &Hook, hex_digits: &[u8], header: &str) -> Result<Pending, Refusal> {
     let expected = unhex(hex_digits)
         .filter(|bytes| bytes.len() == 32)
-        .ok_or_else(|| unauthorized(&format!("{header} is not 64 hex digits")))?;
+        .ok_or_else(|| Refusal::unauthorized(format!("{header} is not 64 hex digits")))?;
     Ok(Pending::Body(BodyMac {
         mac: keyed(secret(hook)?.expose()),
         expected: vec![expected],
-        replay_id: None,
+        delivery: None,
     }))
 }
 
 /// Standard Webhooks 1.0: `webhook-id`, `webhook-timestamp` within the
 /// tolerance, and `webhook-signature` holding `v1,<base64>` entries of which
 /// one must be the HMAC of `id.timestamp.body`.
-fn standard_webhooks(hook: &Hook, head: &Head) -> Result<Pending, Error> {
+fn standard_webhooks(hook: &Hook, head: &Head) -> Result<Pending, Refusal> {
     let field = |name: &str| {
         single(head, name)
-            .map_err(|e| e.into_error(name))
+            .map_err(|e| e.into_refusal(name))
             .and_then(|v| {
-                std::str::from_utf8(v).map_err(|_| unauthorized(&format!("{name} is not UTF-8")))
+                std::str::from_utf8(v)
+                    .map_err(|_| Refusal::unauthorized(format!("{name} is not UTF-8")))
             })
     };
     let id = field("webhook-id")?;
     if id.is_empty() || id.len() > MAX_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(unauthorized(&format!(
+        return Err(Refusal::unauthorized(format!(
             "webhook-id must be 1 to {MAX_ID_BYTES} printable characters"
         )));
     }
     let timestamp: u64 = field("webhook-timestamp")?
         .parse()
-        .map_err(|_| unauthorized("webhook-timestamp is not a number of seconds"))?;
+        .map_err(|_| Refusal::unauthorized("webhook-timestamp is not a number of seconds"))?;
     let (now, tolerance) = (unix_now(), TIMESTAMP_TOLERANCE.as_secs());
     if now.saturating_sub(timestamp) > tolerance {
-        return Err(unauthorized(&format!(
+        return Err(Refusal::unauthorized(format!(
             "webhook-timestamp is {} s old, tolerance {tolerance} s",
             now - timestamp
         )));
     }
     if timestamp.saturating_sub(now) > tolerance {
-        return Err(unauthorized(&format!(
+        return Err(Refusal::unauthorized(format!(
             "webhook-timestamp is {} s in the future, tolerance {tolerance} s",
             timestamp - now
         )));
@@ -222,7 +215,7 @@ fn standard_webhooks(hook: &Hook, head: &Head) -> Result<Pending, Error> {
         .filter(|signature| signature.len() == 32)
         .collect();
     if expected.is_empty() {
-        return Err(unauthorized(
+        return Err(Refusal::unauthorized(
             "webhook-signature has no v1 signature of 32 bytes",
         ));
     }
@@ -231,7 +224,7 @@ fn standard_webhooks(hook: &Hook, head: &Head) -> Result<Pending, Error> {
     Ok(Pending::Body(BodyMac {
         mac,
         expected,
-        replay_id: Some(id.to_owned()),
+        delivery: Some(id.to_owned()),
     }))
 }
 
@@ -239,15 +232,20 @@ fn keyed(key: &[u8]) -> HmacSha256 {
     HmacSha256::new_from_slice(key).expect("HMAC takes any key length")
 }
 
-fn unix_now() -> u64 {
+/// Seconds since the Unix epoch, as the senders' timestamps count them.
+pub fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
 
-fn secret(hook: &Hook) -> Result<&Secret, Error> {
-    hook.secret.as_ref().ok_or_else(|| Error::HookBroken {
-        reason: "no secret loaded".into(),
+fn secret(hook: &Hook) -> Result<&Secret, Refusal> {
+    // INVARIANT of `Hook`: a scheme that needs a secret has one.
+    hook.secret.as_ref().ok_or_else(|| {
+        Refusal::HookBroken(Problem {
+            path: hook.name.clone().into(),
+            message: "no secret loaded".into(),
+        })
     })
 }
 
@@ -273,12 +271,12 @@ fn scopes(path: &str) -> impl Iterator<Item = &str> {
 }
 
 /// The token a client sent: the Basic-auth user name, or a Bearer token.
-fn presented_token(head: &Head) -> Result<String, Error> {
-    let missing = || Error::Unauthorized {
+fn presented_token(head: &Head) -> Result<String, Refusal> {
+    let missing = || Refusal::Unauthorized {
         reason: "no token; send it as the Basic-auth user name or as a Bearer token".into(),
         challenge: true,
     };
-    let bad = |why: &str| Error::Unauthorized {
+    let bad = |why: &str| Refusal::Unauthorized {
         reason: why.into(),
         challenge: true,
     };
@@ -316,10 +314,10 @@ enum Missing {
 }
 
 impl Missing {
-    fn into_error(self, header: &str) -> Error {
+    fn into_refusal(self, header: &str) -> Refusal {
         match self {
-            Missing::None => unauthorized(&format!("no {header} header")),
-            Missing::Repeated => unauthorized(&format!("more than one {header} header")),
+            Missing::None => Refusal::unauthorized(format!("no {header} header")),
+            Missing::Repeated => Refusal::unauthorized(format!("more than one {header} header")),
         }
     }
 }
@@ -331,13 +329,6 @@ fn single<'h>(head: &'h Head, name: &str) -> Result<&'h [u8], Missing> {
         (Some((_, v)), None) => Ok(v),
         (None, _) => Err(Missing::None),
         (Some(_), Some(_)) => Err(Missing::Repeated),
-    }
-}
-
-fn unauthorized(reason: &str) -> Error {
-    Error::Unauthorized {
-        reason: reason.into(),
-        challenge: false,
     }
 }
 
@@ -377,14 +368,14 @@ mod tests {
     fn github_documented_test_vector() {
         // https://docs.github.com/en/webhooks/using-webhooks/validating-webhook-deliveries
         assert_eq!(
-            github_signature(b"It's a Secret to Everybody", b"Hello, World!"),
-            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+            body_signature(b"It's a Secret to Everybody", b"Hello, World!"),
+            "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
         );
     }
 
     #[test]
     fn token_is_lowercase_hex_hmac_of_the_path() {
-        let key = Key::from_bytes(b"0123456789abcdef");
+        let key = Key::new(b"0123456789abcdef".to_vec()).unwrap();
         let t = token(&key, "/hooks/a");
         assert_eq!(t.len(), 64);
         assert_eq!(t, t.to_ascii_lowercase());
@@ -395,7 +386,7 @@ mod tests {
 
     #[test]
     fn prefix_token_covers_paths_below_and_nothing_else() {
-        let key = Key::from_bytes(b"0123456789abcdef");
+        let key = Key::new(b"0123456789abcdef".to_vec()).unwrap();
         let prefix = token(&key, "/hooks/");
         assert!(token_matches(&key, "/hooks/a", &prefix));
         assert!(token_matches(&key, "/hooks/ab", &prefix));
@@ -427,22 +418,17 @@ mod tests {
     #[test]
     fn standard_webhooks_published_test_vector() {
         // https://github.com/standard-webhooks/standard-webhooks/blob/main/spec/standard-webhooks.md
-        let key = standard_webhooks_key(b"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        let key = Scheme::StandardWebhooks
+            .decode_secret(b"whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".to_vec())
+            .unwrap();
         assert_eq!(
             standard_webhooks_signature(
-                &key,
+                key.expose(),
                 "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk",
                 1649367553,
                 br#"{"email":"test@example.com","username":"test_user"}"#
             ),
             "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
         );
-    }
-
-    #[test]
-    fn standard_webhooks_secrets_must_be_base64() {
-        assert!(standard_webhooks_key(b"whsec_not base64!").is_err());
-        assert!(standard_webhooks_key(b"whsec_").is_err());
-        assert_eq!(standard_webhooks_key(b"whsec_AAEC").unwrap(), [0, 1, 2]);
     }
 }

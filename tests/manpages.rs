@@ -1,14 +1,18 @@
-//! The man pages agree with the program: every option and command of the real
-//! binary's `--help`, every key `HookFile` accepts, every auth scheme, status,
-//! exit code and `SOCKHOOK_*` variable in the source is documented; and both
-//! pages render without a warning from man(1) or groff(1).
+//! The man pages agree with the program: every command and option of the
+//! option table (and of the real binary's `--help`, which is made from it),
+//! every key hook files accept, every auth scheme, status, exit code and
+//! `SOCKHOOK_*` variable is documented; and both pages render without a
+//! warning from man(1) or groff(1).
 //!
-//! The lists come from the source files themselves, read as text, so a new
-//! key or scheme fails here until the page documents it.
+//! The lists are the program's own tables (`sockhook::internals`), the ones
+//! the parser, the responses and the commands use, so a new key or scheme
+//! fails here until the page documents it.
 
 use std::fs;
 use std::io::Write;
 use std::process::Command;
+
+use sockhook::internals::{COMMANDS, ENV_NAMES, EXIT_CODES, HOOK_KEYS, STATUSES, Scheme};
 
 const BIN: &str = env!("CARGO_BIN_EXE_sockhook");
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -101,166 +105,42 @@ fn help() -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
-/// The lines of `--help`'s block that starts with `heading`, up to a blank line.
-fn help_block<'a>(help: &'a str, heading: &str) -> Vec<&'a str> {
-    let block: Vec<&str> = help
-        .lines()
-        .skip_while(|l| *l != heading)
-        .skip(1)
-        .take_while(|l| !l.trim().is_empty())
-        .collect();
-    assert!(!block.is_empty(), "no {heading:?} block in --help");
-    block
-}
-
-/// `--long` and `-s` options in the Usage and Options blocks of `--help`.
-fn help_options(help: &str) -> Vec<String> {
-    let mut lines = help_block(help, "Usage:");
-    lines.extend(help_block(help, "Options:"));
-    let mut options: Vec<String> = lines
-        .iter()
-        .flat_map(|l| l.split(|c: char| c.is_whitespace() || "[]|=,".contains(c)))
-        .filter(|w| {
-            let long = w.strip_prefix("--").is_some_and(|n| {
-                n.len() > 1 && n.chars().all(|c| c.is_ascii_lowercase() || c == '-')
-            });
-            let short = w.len() == 2 && w.starts_with('-') && w.as_bytes()[1].is_ascii_alphabetic();
-            long || short
-        })
-        .map(str::to_owned)
-        .collect();
-    options.sort();
-    options.dedup();
-    options
-}
-
-/// Subcommands: the entries of `--help`'s "Commands:" block.
-fn help_commands(help: &str) -> Vec<String> {
-    help_block(help, "Commands:")
-        .into_iter()
-        .filter(|l| l.starts_with("  ") && !l.starts_with("   "))
-        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-        .collect()
-}
-
-/// Fields of `struct name { … }` in Rust source, with `#[serde(rename = "…")]` applied.
-fn struct_fields(source: &str, name: &str) -> Vec<String> {
-    let start = format!("struct {name} {{");
-    let mut fields = Vec::new();
-    let mut rename = None;
-    for line in source
-        .lines()
-        .skip_while(|l| !l.contains(&start))
-        .skip(1)
-        .map(str::trim)
-        .take_while(|l| *l != "}")
-    {
-        if let Some(rest) = line.strip_prefix("#[serde(rename = \"") {
-            rename = rest.split('"').next().map(str::to_owned);
-        } else if let Some((field, _)) = line.trim_start_matches("pub ").split_once(':')
-            && !line.starts_with("//")
-            && field.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-        {
-            fields.push(rename.take().unwrap_or_else(|| field.to_owned()));
-        }
-    }
-    assert!(!fields.is_empty(), "no fields found in struct {name}");
-    fields
-}
-
-/// Variants of `enum Scheme`, as hook files spell them (`rename_all = "kebab-case"`).
-fn schemes(source: &str) -> Vec<String> {
-    let body: Vec<&str> = source
-        .lines()
-        .skip_while(|l| !l.contains("pub enum Scheme {"))
-        .skip(1)
-        .map(str::trim)
-        .take_while(|l| *l != "}")
-        .collect();
-    let attributes: String = source
-        .lines()
-        .take_while(|l| !l.contains("pub enum Scheme {"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    assert!(
-        attributes.ends_with("#[serde(rename_all = \"kebab-case\")]"),
-        "Scheme is no longer renamed kebab-case; update this test"
-    );
-    let variants: Vec<String> = body
-        .iter()
-        .filter(|l| l.chars().next().is_some_and(|c| c.is_ascii_uppercase()))
-        .map(|l| {
-            let mut kebab = String::new();
-            for (i, c) in l.trim_end_matches(',').chars().enumerate() {
-                if c.is_ascii_uppercase() && i > 0 {
-                    kebab.push('-');
-                }
-                kebab.push(c.to_ascii_lowercase());
-            }
-            kebab
-        })
-        .collect();
-    assert!(
-        variants.len() >= 3,
-        "no Scheme variants found: {variants:?}"
-    );
-    variants
-}
-
-/// Every three-digit number in the body of `fn name` in `source`.
-fn numbers_in_fn(source: &str, name: &str) -> Vec<String> {
-    let start = format!("fn {name}(");
-    let mut numbers: Vec<String> = source
-        .lines()
-        .skip_while(|l| !l.contains(&start))
-        .skip(1)
-        .take_while(|l| !l.starts_with("    }"))
-        .flat_map(|l| l.split(|c: char| !c.is_ascii_digit()))
-        .filter(|n| n.len() == 3)
-        .map(str::to_owned)
-        .collect();
-    numbers.sort();
-    numbers.dedup();
-    numbers
-}
-
 #[test]
-fn every_option_and_command_of_help_is_in_sockhook_8() {
+fn every_command_and_option_is_in_sockhook_8() {
     let roff = read("doc/sockhook.8");
     let help = help();
-    let options = help_options(&help);
-    assert!(
-        options.len() >= 10 && options.contains(&"--hooks".to_owned()),
-        "options found in --help: {options:?}"
-    );
     let documented = tags(&section(&roff, "OPTIONS"), false);
     let synopsis = section(&roff, "SYNOPSIS");
-    for option in &options {
+    let entries = tags(&section(&roff, "COMMANDS"), true);
+    for command in &COMMANDS {
         assert!(
-            documented.contains(option),
-            "{option} (sockhook --help) has no entry under OPTIONS in doc/sockhook.8 (entries: {documented:?})"
+            entries.iter().any(|e| e == command.name),
+            "command {} has no entry under COMMANDS in doc/sockhook.8 (entries: {entries:?})",
+            command.name
         );
-        if option.starts_with("--") && !["--help", "--version"].contains(&option.as_str()) {
+        assert!(
+            synopsis.contains(&format!("sockhook {}", command.name)),
+            "command {} is not in the SYNOPSIS of doc/sockhook.8",
+            command.name
+        );
+        for option in command.options {
+            let long = format!("--{}", option.name);
             assert!(
-                has_word(&synopsis, option),
-                "{option} is not in the SYNOPSIS of doc/sockhook.8"
+                documented.contains(&long),
+                "{long} ({}) has no entry under OPTIONS in doc/sockhook.8 (entries: {documented:?})",
+                command.name
             );
+            assert!(
+                has_word(&synopsis, &long),
+                "{long} is not in the SYNOPSIS of doc/sockhook.8"
+            );
+            assert!(has_word(&help, &long), "{long} is not in sockhook --help");
         }
     }
-    let commands = help_commands(&help);
-    assert!(
-        commands.len() >= 4,
-        "commands found in --help: {commands:?}"
-    );
-    let entries = tags(&section(&roff, "COMMANDS"), true);
-    for command in &commands {
+    for option in ["-h", "--help", "-V", "--version"] {
         assert!(
-            entries.contains(command),
-            "command {command} has no entry under COMMANDS in doc/sockhook.8 (entries: {entries:?})"
-        );
-        assert!(
-            synopsis.contains(&format!("sockhook {command}")),
-            "command {command} is not in the SYNOPSIS of doc/sockhook.8"
+            documented.iter().any(|d| d == option),
+            "{option} has no entry under OPTIONS in doc/sockhook.8"
         );
     }
 }
@@ -268,100 +148,67 @@ fn every_option_and_command_of_help_is_in_sockhook_8() {
 #[test]
 fn every_hook_key_and_scheme_is_in_sockhook_toml_5() {
     let roff = read("doc/sockhook.toml.5");
-    let config = read("src/config.rs");
-    let keys = struct_fields(&config, "HookFile");
     let documented = tags(&section(&roff, "KEYS"), true);
-    for key in &keys {
+    for key in HOOK_KEYS {
         assert!(
-            documented.contains(key),
-            "hook key {key} (HookFile in src/config.rs) has no entry under KEYS in doc/sockhook.toml.5 (entries: {documented:?})"
+            documented.iter().any(|d| d == key),
+            "hook key {key} has no entry under KEYS in doc/sockhook.toml.5 (entries: {documented:?})"
         );
     }
     for key in &documented {
         assert!(
-            keys.contains(key),
-            "doc/sockhook.toml.5 documents {key}, which HookFile does not accept"
+            HOOK_KEYS.contains(&key.as_str()),
+            "doc/sockhook.toml.5 documents {key}, which hook files do not accept"
         );
     }
-    let schemes = schemes(&config);
     let headings: Vec<String> = plain(&roff)
         .lines()
         .filter_map(|l| l.strip_prefix(".SS "))
         .map(str::to_owned)
         .collect();
     let keys_text = section(&roff, "KEYS");
-    for scheme in &schemes {
-        assert!(
-            headings.contains(scheme),
-            "auth scheme {scheme} has no .SS section in doc/sockhook.toml.5 (sections: {headings:?})"
-        );
-        assert!(
-            has_word(&keys_text, scheme),
-            "auth scheme {scheme} is not listed under the auth key in doc/sockhook.toml.5"
-        );
-    }
     let page8 = plain(&read("doc/sockhook.8"));
-    for scheme in schemes
-        .iter()
-        .filter(|s| !["token", "none"].contains(&s.as_str()))
-    {
+    for scheme in Scheme::ALL {
+        let name = scheme.name();
         assert!(
-            has_word(&page8, scheme),
-            "signature scheme {scheme} (for sign --scheme) is not in doc/sockhook.8"
+            headings.iter().any(|h| h == name),
+            "auth scheme {name} has no .SS section in doc/sockhook.toml.5 (sections: {headings:?})"
         );
+        assert!(
+            has_word(&keys_text, name),
+            "auth scheme {name} is not listed under the auth key in doc/sockhook.toml.5"
+        );
+        if scheme.needs_secret() {
+            assert!(
+                has_word(&page8, name),
+                "signature scheme {name} (for sign --scheme) is not in doc/sockhook.8"
+            );
+        }
     }
 }
 
 #[test]
 fn statuses_exit_codes_and_variables_are_in_sockhook_8() {
     let roff = read("doc/sockhook.8");
-    let error = read("src/error.rs");
-    let mut statuses = numbers_in_fn(&error, "status");
-    statuses.extend(["200".to_owned(), "204".to_owned()]);
-    assert!(statuses.len() >= 10, "statuses found: {statuses:?}");
     let documented = tags(&section(&roff, "STATUSES"), true);
-    for status in &statuses {
+    for (status, _) in STATUSES.iter().filter(|(s, _)| *s != 100) {
         assert!(
-            documented.contains(status),
-            "status {status} (src/error.rs) has no entry under STATUSES in doc/sockhook.8"
+            documented.contains(&status.to_string()),
+            "status {status} has no entry under STATUSES in doc/sockhook.8"
         );
     }
-    let codes: Vec<String> = error
-        .lines()
-        .filter_map(|l| l.strip_prefix("pub const EXIT_"))
-        .filter_map(|l| l.rsplit_once("= "))
-        .map(|(_, n)| n.trim_end_matches(';').to_owned())
-        .collect();
-    assert!(codes.len() >= 4, "exit codes found: {codes:?}");
     let documented = tags(&section(&roff, "EXIT STATUS"), true);
-    for code in &codes {
+    for code in EXIT_CODES {
         assert!(
-            documented.contains(code),
-            "exit code {code} (src/error.rs) has no entry under EXIT STATUS in doc/sockhook.8"
+            documented.contains(&code.to_string()),
+            "exit code {code} has no entry under EXIT STATUS in doc/sockhook.8"
         );
     }
-    let mut variables = Vec::new();
-    for entry in fs::read_dir(format!("{ROOT}/src")).unwrap() {
-        let source = fs::read_to_string(entry.unwrap().path()).unwrap();
-        // Names in unit tests are not the program's.
-        let program = source.split("#[cfg(test)]").next().unwrap_or_default();
-        for piece in program.split('"').skip(1).step_by(2) {
-            if piece.starts_with("SOCKHOOK_")
-                && piece.len() > 9
-                && piece.chars().all(|c| c.is_ascii_uppercase() || c == '_')
-            {
-                variables.push(piece.to_owned());
-            }
-        }
-    }
-    variables.sort();
-    variables.dedup();
-    assert!(variables.len() >= 5, "variables found: {variables:?}");
     let documented = tags(&section(&roff, "THE COMMAND'S ENVIRONMENT"), true);
-    for variable in &variables {
+    for variable in ENV_NAMES {
         assert!(
-            documented.contains(variable),
-            "{variable} (src/) has no entry under THE COMMAND'S ENVIRONMENT in doc/sockhook.8"
+            documented.iter().any(|d| d == variable),
+            "{variable} has no entry under THE COMMAND'S ENVIRONMENT in doc/sockhook.8"
         );
     }
     let environment = tags(&section(&roff, "ENVIRONMENT"), false);

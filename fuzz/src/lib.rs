@@ -9,11 +9,10 @@ use std::io::{self, Read};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sockhook::config::{self, Hook, Key, Scheme};
-use sockhook::filter::{self, Match};
-use sockhook::read::{Framing, Head, MAX_HEADERS, MAX_TARGET_BYTES, Reader, Source};
-use sockhook::replay::Replay;
-use sockhook::verify::{self, Pending};
+use sockhook::internals::{
+    self as verify, Framing, Head, Hook, Key, MAX_HEADERS, MAX_TARGET_BYTES, Match, Pending,
+    Problem, Reader, STANDARD_WEBHOOKS_PREFIX, Scheme, Source,
+};
 
 /// The body limit of `parse_request` and `chunked`: small, so that inputs reach it.
 pub const MAX_BODY: u64 = 256;
@@ -143,7 +142,7 @@ pub fn signature_headers(data: &[u8]) {
         return;
     };
     let hook = &hooks()[usize::from(pick.wrapping_sub(b'0') & 0x7f) % SCHEMES.len()];
-    let key = Key::from_bytes(KEY);
+    let key = Key::new(KEY.to_vec()).unwrap();
     let (mut headers, mut body) = (Vec::new(), Vec::new());
     for record in records.split(|&b| b == b'\n') {
         let Some((&name, value)) = record.split_first() else {
@@ -168,14 +167,18 @@ pub fn signature_headers(data: &[u8]) {
         framing: Framing::Length(body.len() as u64),
         expect_continue: false,
     };
-    let key = if pick < 0x80 { Ok(&key) } else { Err("fuzz") };
-    let replay = Replay::new(None);
-    let verdict = verify::before_body(hook, &head, key).and_then(|pending| match pending {
-        Pending::Done => Ok(()),
-        Pending::Body(mut mac) => {
-            body.chunks(5).for_each(|piece| mac.update(piece));
-            mac.finish(&hook.name, &replay)
-        }
+    let unavailable = Problem {
+        path: "/fuzz/key".into(),
+        message: "unavailable".into(),
+    };
+    let key = if pick < 0x80 {
+        Ok(&key)
+    } else {
+        Err(&unavailable)
+    };
+    let verdict = verify::before_body(hook, &head, key).and_then(|mut pending: Pending| {
+        body.chunks(5).for_each(|piece| pending.update(piece));
+        pending.finish()
     });
     let presented = |name: &str| {
         let mut values = head.headers.iter().filter(|(n, _)| n == name);
@@ -277,8 +280,8 @@ fn replace(bytes: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
 }
 
 /// One hook per scheme of [`SCHEMES`], loaded by `config::load` from files
-/// written once to a temporary directory (`config::Secret` has no public
-/// constructor), which is removed again.
+/// written once to a temporary directory, exactly as `serve` loads them,
+/// which is removed again.
 fn hooks() -> &'static [Arc<Hook>] {
     static HOOKS: OnceLock<Vec<Arc<Hook>>> = OnceLock::new();
     HOOKS.get_or_init(|| {
@@ -296,11 +299,11 @@ fn hooks() -> &'static [Arc<Hook>] {
             let text = format!("command = [\"/bin/true\"]\nauth = \"{name}\"\n{secret}");
             fs::write(dir.join(format!("{name}.toml")), text).unwrap();
         }
-        let loaded = config::load(&dir, None);
+        let loaded = verify::load(&dir, None);
         fs::remove_dir_all(&dir).unwrap();
         SCHEMES
             .iter()
-            .map(|name| match loaded.get(name) {
+            .map(|name| match loaded.get_entry(name).map(|(_, hook)| hook) {
                 Some(Ok(hook)) => Arc::clone(hook),
                 other => panic!("hook {name} did not load: {other:?}"),
             })
@@ -313,7 +316,7 @@ fn hooks() -> &'static [Arc<Hook>] {
 pub fn token(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let (path, presented) = text.split_once('\n').unwrap_or((&text, ""));
-    let key = Key::from_bytes(KEY);
+    let key = Key::new(KEY.to_vec()).unwrap();
     let matched = verify::token_matches(&key, path, presented);
     assert!(
         !matched || presented.len() == 64,
@@ -331,17 +334,22 @@ pub fn token(data: &[u8]) {
     }
 }
 
-/// `standard_webhooks_key` on the input, with and without the `whsec_` prefix.
+/// The Standard Webhooks secret decoding on the input, with and without the `whsec_` prefix.
 pub fn standard_webhooks_secret(data: &[u8]) {
-    let key = verify::standard_webhooks_key(data);
+    let decode = |bytes: &[u8]| {
+        Scheme::StandardWebhooks
+            .decode_secret(bytes.to_vec())
+            .map(|s| s.expose().to_vec())
+    };
+    let key = decode(data);
     if let Ok(key) = &key {
         assert!(!key.is_empty());
         let signature = verify::standard_webhooks_signature(key, "msg_1", 1, data);
         assert!(signature.starts_with("v1,") && signature.len() == 47);
     }
-    if !data.starts_with(verify::STANDARD_WEBHOOKS_PREFIX.as_bytes()) {
-        let prefixed = [verify::STANDARD_WEBHOOKS_PREFIX.as_bytes(), data].concat();
-        assert_eq!(verify::standard_webhooks_key(&prefixed), key);
+    if !data.starts_with(STANDARD_WEBHOOKS_PREFIX.as_bytes()) {
+        let prefixed = [STANDARD_WEBHOOKS_PREFIX.as_bytes(), data].concat();
+        assert_eq!(decode(&prefixed), key);
     }
 }
 
@@ -354,23 +362,15 @@ a.b.c.d.e.f.g.h = -3
 n = 9223372036854775807
 "#;
 
-/// `filter::check` on the input as a JSON body, read whole and in pieces:
-/// both must accept it or both refuse it, and a body it accepts must be JSON
-/// (UTF-8, RFC 8259 §8.1) that satisfies every rule as serde_json reads it.
+/// `Match::check` on the input as a JSON body: a body it accepts must be
+/// JSON (UTF-8, RFC 8259 §8.1) that satisfies every rule as serde_json reads it.
 pub fn payload_filter(data: &[u8]) {
     static RULES: OnceLock<(Match, toml::Table)> = OnceLock::new();
     let (rules, table) = RULES.get_or_init(|| {
         let table: toml::Table = FILTER_RULES.parse().unwrap();
         (Match::from_toml(&table).unwrap(), table)
     });
-    let verdict = filter::check(rules, data);
-    // The reason may differ: the depth and key guards see bytes before serde_json does.
-    let pieces = filter::check(rules, Pieces::new(data));
-    assert_eq!(
-        verdict.is_ok(),
-        pieces.is_ok(),
-        "{verdict:?} whole, {pieces:?} in pieces"
-    );
+    let verdict = rules.check(data);
     if verdict.is_ok() {
         assert!(std::str::from_utf8(data).is_ok(), "accepted, not UTF-8");
         match serde_json::from_slice(data) {
