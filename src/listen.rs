@@ -240,9 +240,15 @@ impl AsFd for Listener {
 
 impl Stream {
     /// The peer's address; `None` for Unix sockets.
+    ///
+    /// An IPv4 client of an IPv6 socket (`::ffff:a.b.c.d`) is given as the
+    /// IPv4 address it is, for the log, `SOCKHOOK_REMOTE_ADDR` and limits.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         match self {
-            Stream::Tcp(s) => s.peer_addr().ok(),
+            Stream::Tcp(s) => s
+                .peer_addr()
+                .ok()
+                .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port())),
             Stream::Unix(_) => None,
         }
     }

@@ -296,3 +296,34 @@ fn sigterm_stops_accepting_and_exits_cleanly() {
     assert!(log.contains("received SIGTERM"), "{log}");
     assert!(log.contains("exiting (stopped)"), "{log}");
 }
+
+#[test]
+fn ipv4_clients_of_a_dual_stack_socket_are_plain_ipv4() {
+    let f = Fixture::new("mapped");
+    let token = token_hook(&f, "a");
+    let listener = TcpListener::bind("[::]:0").expect("IPv6 wildcard");
+    let port = listener.local_addr().unwrap().port();
+    let mut command = f.activation(&["--idle-timeout", "0.3"]);
+    command.stderr(std::process::Stdio::piped());
+    let child = spawn_with_fd3(command, listener.as_raw_fd());
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let reply = exchange(
+        &mut stream,
+        &post(
+            "/hooks/a",
+            &[&format!("Authorization: Bearer {token}")],
+            b"4",
+        ),
+    );
+    assert_eq!(reply.status(), 204, "{reply:?}");
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let env = String::from_utf8_lossy(&f.read("a.env")).into_owned();
+    assert!(
+        env.lines().any(|l| l == "SOCKHOOK_REMOTE_ADDR=127.0.0.1"),
+        "{env}"
+    );
+    assert!(log.contains("info: 127.0.0.1:"), "{log}");
+    assert!(!log.contains("::ffff:"), "{log}");
+}
