@@ -13,6 +13,8 @@ use lexopt::prelude::*;
 
 use crate::config::DEFAULT_HOOKS_DIR;
 use crate::error::{EXIT_BUG, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_SYSTEM, Error};
+use crate::limits::Limits;
+use crate::reactor::DEFAULT_HEAD_TIMEOUT;
 use crate::read::DEFAULT_REQUEST_TIMEOUT;
 use crate::scheme::Scheme;
 use crate::serve;
@@ -46,7 +48,9 @@ struct Args {
     key: Option<PathBuf>,
     listen: Option<String>,
     idle_timeout: Option<Duration>,
+    head_timeout: Duration,
     request_timeout: Duration,
+    limits: Limits,
     url_base: Option<String>,
     scheme: Option<Scheme>,
     secret: Option<PathBuf>,
@@ -80,6 +84,44 @@ static IDLE_TIMEOUT: Opt = Opt {
     value: "SECS",
     help: "Exit after SECS without connections or running commands [default: 5 under systemd; with --listen, run until stopped]",
     set: |a, v| put(&mut a.idle_timeout, Some(seconds("idle-timeout", v, true)?)),
+};
+
+static HEAD_TIMEOUT: Opt = Opt {
+    name: "head-timeout",
+    value: "SECS",
+    help: "Time a client has to send its request head (line and header fields), counted from the connection [default: 5]",
+    set: |a, v| put(&mut a.head_timeout, seconds("head-timeout", v, false)?),
+};
+
+static MAX_CONNECTIONS: Opt = Opt {
+    name: "max-connections",
+    value: "N",
+    help: "Most connections served at once; past it, the oldest still sending its head, from the address with the most, is closed [default: 4096]",
+    set: |a, v| put(&mut a.limits.max_connections, count("max-connections", v)?),
+};
+
+static MAX_CONNECTIONS_PER_SOURCE: Opt = Opt {
+    name: "max-connections-per-source",
+    value: "N",
+    help: "Most connections at once from one IPv4 address or IPv6 /64; more are answered 503 [default: 32]",
+    set: |a, v| {
+        put(
+            &mut a.limits.connections_per_source,
+            count("max-connections-per-source", v)?,
+        )
+    },
+};
+
+static PREAUTH_BUDGET: Opt = Opt {
+    name: "preauth-budget",
+    value: "BYTES",
+    help: "Most body bytes spooled at once by requests whose signature is not yet checked; one address may hold half; over it, 503 with nothing spooled [default: 67108864, 64 MiB]",
+    set: |a, v| {
+        put(
+            &mut a.limits.preauth_budget,
+            count("preauth-budget", v)? as u64,
+        )
+    },
 };
 
 static REQUEST_TIMEOUT: Opt = Opt {
@@ -155,7 +197,17 @@ pub const COMMANDS: [Subcommand; 4] = [
         name: "serve",
         operands: "",
         summary: "Answer webhooks on the socket systemd passes (LISTEN_FDS), or on --listen; run each authenticated hook's command after answering.",
-        options: &[&HOOKS, &KEY, &LISTEN, &IDLE_TIMEOUT, &REQUEST_TIMEOUT],
+        options: &[
+            &HOOKS,
+            &KEY,
+            &LISTEN,
+            &IDLE_TIMEOUT,
+            &HEAD_TIMEOUT,
+            &REQUEST_TIMEOUT,
+            &MAX_CONNECTIONS,
+            &MAX_CONNECTIONS_PER_SOURCE,
+            &PREAUTH_BUDGET,
+        ],
     },
     Subcommand {
         name: "check",
@@ -249,7 +301,9 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
         key: None,
         listen: None,
         idle_timeout: None,
+        head_timeout: DEFAULT_HEAD_TIMEOUT,
         request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        limits: Limits::default(),
         url_base: None,
         scheme: None,
         secret: None,
@@ -281,7 +335,9 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
             key: args.key,
             listen: args.listen,
             idle_timeout: args.idle_timeout,
+            head_timeout: args.head_timeout,
             request_timeout: args.request_timeout,
+            limits: args.limits,
         }),
         "check" => Command::Check {
             hooks_dir: args.hooks_dir,
@@ -488,6 +544,17 @@ fn seconds(name: &str, value: OsString, zero_ok: bool) -> Result<Duration, Error
         )));
     }
     Ok(Duration::from_secs_f64(secs))
+}
+
+/// A positive whole number.
+fn count(name: &str, value: OsString) -> Result<usize, Error> {
+    let text = text(name, value)?;
+    match text.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err(Error::Usage(format!(
+            "--{name}: {text:?} is not a positive whole number"
+        ))),
+    }
 }
 
 fn usage(e: lexopt::Error) -> Error {

@@ -106,6 +106,8 @@ pub enum Refusal {
     },
     /// A transfer coding other than `chunked` (501).
     UnsupportedCoding,
+    /// A limit shared with other clients is reached; try again later (503).
+    Busy(&'static str),
 }
 
 impl Refusal {
@@ -125,11 +127,13 @@ impl Refusal {
             Refusal::HeadTooLarge => 431,
             Refusal::HookBroken(_) | Refusal::Internal { .. } => 500,
             Refusal::UnsupportedCoding => 501,
+            Refusal::Busy(_) => 503,
         }
     }
 
     /// Whether the server is at fault, so that an administrator must act: a
-    /// 5xx other than 501, which only says the client asked for too much.
+    /// 5xx other than 501, which only says the client asked for too much,
+    /// and 503, which says clients together asked for too much.
     pub fn is_server_fault(&self) -> bool {
         matches!(self, Refusal::HookBroken(_) | Refusal::Internal { .. })
     }
@@ -172,6 +176,7 @@ impl fmt::Display for Refusal {
             Refusal::HookBroken(problem) => write!(f, "hook misconfigured: {}", problem.message),
             Refusal::Internal { what, source } => write!(f, "unable to {what}: {source}"),
             Refusal::UnsupportedCoding => f.write_str("transfer coding other than chunked"),
+            Refusal::Busy(why) => write!(f, "busy: {why}"),
         }
     }
 }

@@ -1,33 +1,31 @@
-//! When to exit: counts open connections and running commands, remembers when
-//! the last of them ended, and wakes the accept loop whenever that changes.
+//! When to exit: counts running commands, remembers when the last one ended,
+//! and wakes the event loop whenever that changes (and when a worker has
+//! decided a request), through a pipe the loop watches.
 
 use std::io::{PipeReader, PipeWriter, Write};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 
-/// Shared between the accept loop, connection threads and command runs.
+/// Shared between the event loop, the workers and the command runs.
 pub struct Activity {
     state: Mutex<State>,
-    quiet: Condvar,
     wake: PipeWriter,
 }
 
 struct State {
-    connections: usize,
     runs: usize,
     last: Instant,
 }
 
-/// Marks one connection or run as in progress until dropped.
+/// Marks one run (with its follow-ups) as in progress until dropped.
 pub struct Busy {
     activity: Arc<Activity>,
-    run: bool,
 }
 
 impl Activity {
-    /// A new tracker, and the pipe end the accept loop polls to be woken.
+    /// A new tracker, and the pipe end the event loop watches to be woken.
     pub fn new() -> std::io::Result<(Arc<Activity>, PipeReader)> {
         let (reader, wake) = std::io::pipe()?;
         for end in [
@@ -38,23 +36,12 @@ impl Activity {
         }
         let activity = Activity {
             state: Mutex::new(State {
-                connections: 0,
                 runs: 0,
                 last: Instant::now(),
             }),
-            quiet: Condvar::new(),
             wake,
         };
         Ok((Arc::new(activity), reader))
-    }
-
-    /// Counts a connection until the guard is dropped.
-    pub fn connection(self: &Arc<Self>) -> Busy {
-        self.lock().connections += 1;
-        Busy {
-            activity: Arc::clone(self),
-            run: false,
-        }
     }
 
     /// Counts a command run (with its follow-ups) until the guard is dropped.
@@ -62,27 +49,24 @@ impl Activity {
         self.lock().runs += 1;
         Busy {
             activity: Arc::clone(self),
-            run: true,
         }
     }
 
-    /// Open connections now.
-    pub fn connections(&self) -> usize {
-        self.lock().connections
+    /// Runs in progress now.
+    pub fn runs(&self) -> usize {
+        self.lock().runs
     }
 
-    /// How long nothing has been going on, or `None` while something is.
+    /// How long no run has been in progress, or `None` while one is.
     pub fn idle_for(&self) -> Option<Duration> {
         let state = self.lock();
-        (state.connections == 0 && state.runs == 0).then(|| state.last.elapsed())
+        (state.runs == 0).then(|| state.last.elapsed())
     }
 
-    /// Blocks until no connection is open and no command runs.
-    pub fn wait_quiet(&self) {
-        let mut state = self.lock();
-        while state.connections > 0 || state.runs > 0 {
-            state = self.quiet.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
+    /// Wakes the event loop.
+    pub fn wake(&self) {
+        // A full pipe already holds a wake-up; nothing is lost when this write fails.
+        let _ = (&self.wake).write(&[1]);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -93,15 +77,9 @@ impl Activity {
 impl Drop for Busy {
     fn drop(&mut self) {
         let mut state = self.activity.lock();
-        if self.run {
-            state.runs -= 1;
-        } else {
-            state.connections -= 1;
-        }
+        state.runs -= 1;
         state.last = Instant::now();
         drop(state);
-        self.activity.quiet.notify_all();
-        // A full pipe already holds a wake-up; nothing is lost when this write fails.
-        let _ = (&self.activity.wake).write(&[1]);
+        self.activity.wake();
     }
 }

@@ -30,8 +30,6 @@ const MAX_REQUEST_LINE_EXTRA_BYTES: usize = 64;
 pub const MAX_CHUNK_LINE_BYTES: usize = 1024;
 /// Time a client has for its whole request, head and body.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Size of the read buffer; must exceed `MAX_HEAD_BYTES`.
-const BUFFER_BYTES: usize = 16 * 1024;
 
 /// Where request bytes come from: a socket, or bytes in a test or fuzzer.
 pub trait Source: Read {
@@ -254,49 +252,269 @@ fn parse_length(value: &[u8]) -> Result<u64, Refusal> {
         .ok_or(invalid)
 }
 
-/// Reads one request from a connection, never more than the limits allow.
-///
-/// INVARIANT: `buf[start..end]` holds bytes read from the peer and not yet consumed.
-pub struct Reader {
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-    deadline: Instant,
+/// Collects a request head from bytes as they arrive, never more than
+/// [`MAX_HEAD_BYTES`]: what the event loop feeds each connection's reads to.
+#[derive(Debug, Default)]
+pub struct HeadReader {
+    /// INVARIANT: shorter than `MAX_HEAD_BYTES` plus one read, and holds no
+    /// complete head (it would have been returned).
+    buf: Vec<u8>,
 }
 
-impl Reader {
-    /// A reader whose every read must finish by `deadline`.
-    pub fn new(deadline: Instant) -> Reader {
-        Reader {
-            buf: vec![0; BUFFER_BYTES].into_boxed_slice(),
-            start: 0,
-            end: 0,
-            deadline,
-        }
+impl HeadReader {
+    /// An empty head.
+    pub fn new() -> HeadReader {
+        HeadReader::default()
     }
 
-    /// Whether bytes after the head are already buffered (the client did not wait for `100 Continue`).
-    pub fn has_buffered(&self) -> bool {
-        self.start < self.end
+    /// Adds `bytes`; returns the head once it is complete, with the bytes
+    /// after it (the start of the body), or the refusal.
+    ///
+    /// A head can only end at a line feed, so once the request line is in,
+    /// the accumulated bytes are parsed again only when one arrives: a client
+    /// sending a byte at a time costs a parse per line, not per byte. The
+    /// request line itself is parsed as it grows, so that what is not HTTP
+    /// (a TLS ClientHello, garbage) is refused at its first bytes.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<Option<(Head, Vec<u8>)>, Refusal> {
+        let in_first_line = !self.buf.contains(&b'\n');
+        self.buf.extend_from_slice(bytes);
+        if !in_first_line && !bytes.contains(&b'\n') {
+            // The limits parse_head applies to a partial head, checked here too.
+            if request_line_too_long(&self.buf) {
+                return Err(Refusal::TargetTooLong);
+            }
+            if self.buf.len() >= MAX_HEAD_BYTES {
+                return Err(Refusal::HeadTooLarge);
+            }
+            return Ok(None);
+        }
+        match parse_head(&self.buf)? {
+            Some((head, len)) => {
+                let rest = self.buf.split_off(len);
+                self.buf.clear();
+                Ok(Some((head, rest)))
+            }
+            None => Ok(None),
+        }
     }
 
     /// The method and target of the request line as received, once the line
     /// is complete: for the log when the rest of the head is refused.
     pub fn request_line(&self) -> Option<(&[u8], &[u8])> {
-        let received = &self.buf[..self.end];
-        let line = &received[..received.iter().position(|&b| b == b'\n')?];
+        let line = &self.buf[..self.buf.iter().position(|&b| b == b'\n')?];
         let mut words = line.split(|&b| b == b' ');
         Some((words.next()?, words.next()?))
+    }
+}
+
+/// Where a [`BodyDecoder`] is in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// `left` more bytes of a `Content-Length` body, or of a chunk's data.
+    Data { left: u64, chunked: bool },
+    /// A chunk-size line, collected in `line`.
+    Size,
+    /// The CRLF after a chunk's data; `seen` of its two bytes so far.
+    Crlf { seen: u8 },
+    /// The trailer section after the last chunk; `seen` bytes of it so far.
+    Trailers { seen: usize },
+    /// The whole body is in.
+    Done,
+}
+
+/// Decodes a body framed by `Content-Length` or `chunked` from bytes as they
+/// arrive, within `max_body` (RFC 9112 §6, §7.1).
+#[derive(Debug)]
+pub struct BodyDecoder {
+    part: Part,
+    max_body: u64,
+    /// Body bytes decoded so far.
+    total: u64,
+    /// The sizes of the chunks announced so far.
+    announced: u64,
+    /// A chunk-size or trailer line that has not ended yet.
+    /// INVARIANT: at most `MAX_CHUNK_LINE_BYTES` (sizes) or `MAX_HEAD_BYTES` (trailers).
+    line: Vec<u8>,
+}
+
+impl BodyDecoder {
+    /// A decoder for a body framed by `framing`, refused at once if it is
+    /// announced larger than `max_body`.
+    pub fn new(framing: Framing, max_body: u64) -> Result<BodyDecoder, Refusal> {
+        framing.check(max_body)?;
+        let part = match framing {
+            Framing::Empty | Framing::Length(0) => Part::Done,
+            Framing::Length(left) => Part::Data {
+                left,
+                chunked: false,
+            },
+            Framing::Chunked => Part::Size,
+        };
+        Ok(BodyDecoder {
+            part,
+            max_body,
+            total: 0,
+            announced: 0,
+            line: Vec::new(),
+        })
+    }
+
+    /// Whether the whole body has been decoded.
+    pub fn is_done(&self) -> bool {
+        self.part == Part::Done
+    }
+
+    /// Decodes from `input`, handing body bytes to `sink`; returns how many
+    /// bytes of `input` belong to the request (the rest follows it).
+    pub fn push(
+        &mut self,
+        mut input: &[u8],
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), Refusal>,
+    ) -> Result<usize, Refusal> {
+        let start = input.len();
+        while !input.is_empty() {
+            match self.part {
+                Part::Done => break,
+                Part::Data { left, chunked } => {
+                    let take = input.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                    sink(&input[..take])?;
+                    self.total += take as u64;
+                    input = &input[take..];
+                    let left = left - take as u64;
+                    self.part = match (left, chunked) {
+                        (0, true) => Part::Crlf { seen: 0 },
+                        (0, false) => Part::Done,
+                        (left, chunked) => Part::Data { left, chunked },
+                    };
+                }
+                Part::Crlf { seen } => {
+                    if input[0] != b"\r\n"[usize::from(seen)] {
+                        return Err(Refusal::Malformed("chunk data not followed by CRLF"));
+                    }
+                    input = &input[1..];
+                    self.part = match seen {
+                        0 => Part::Crlf { seen: 1 },
+                        _ => Part::Size,
+                    };
+                }
+                Part::Size => {
+                    let (line, rest) = self.take_line(input, MAX_CHUNK_LINE_BYTES, || {
+                        Refusal::Malformed("chunk-size line too long")
+                    })?;
+                    input = rest;
+                    let Some(line) = line else { break };
+                    let size = match httparse::parse_chunk_size(&line) {
+                        Ok(Status::Complete((len, size))) if len == line.len() => size,
+                        _ => return Err(Refusal::Malformed("invalid chunk size")),
+                    };
+                    if size == 0 {
+                        self.part = Part::Trailers { seen: 0 };
+                        continue;
+                    }
+                    self.announced = self
+                        .announced
+                        .checked_add(size)
+                        .filter(|&t| t <= self.max_body)
+                        .ok_or(Refusal::BodyTooLarge {
+                            limit: self.max_body,
+                        })?;
+                    self.part = Part::Data {
+                        left: size,
+                        chunked: true,
+                    };
+                    continue;
+                }
+                Part::Trailers { seen } => {
+                    // The limit counts trailer bytes only, not what follows the request.
+                    let room = MAX_HEAD_BYTES.saturating_sub(seen);
+                    let (line, rest) = self.take_line(input, room, || Refusal::HeadTooLarge)?;
+                    input = rest;
+                    let Some(line) = line else { break };
+                    let blank = line.len() <= 2 && line.iter().all(|&b| b == b'\r' || b == b'\n');
+                    let seen = seen + line.len();
+                    if blank {
+                        self.part = Part::Done;
+                    } else if seen > MAX_HEAD_BYTES {
+                        return Err(Refusal::HeadTooLarge);
+                    } else {
+                        self.part = Part::Trailers { seen };
+                    }
+                }
+            }
+        }
+        Ok(start - input.len())
+    }
+
+    /// Completes a line from `input` into `self.line`: the whole line once
+    /// its line feed arrived (and the rest of `input`), or `None` and an
+    /// empty rest. Longer than `max` bytes is the refusal `too_long`.
+    fn take_line<'i>(
+        &mut self,
+        input: &'i [u8],
+        max: usize,
+        too_long: impl Fn() -> Refusal,
+    ) -> Result<(Option<Vec<u8>>, &'i [u8]), Refusal> {
+        match input.iter().position(|&b| b == b'\n') {
+            Some(nl) => {
+                if self.line.len() + nl + 1 > max {
+                    return Err(too_long());
+                }
+                self.line.extend_from_slice(&input[..=nl]);
+                Ok((Some(std::mem::take(&mut self.line)), &input[nl + 1..]))
+            }
+            None => {
+                if self.line.len() + input.len() >= max {
+                    return Err(too_long());
+                }
+                self.line.extend_from_slice(input);
+                Ok((None, &[]))
+            }
+        }
+    }
+}
+
+/// Reads one request from a blocking source with [`HeadReader`] and
+/// [`BodyDecoder`], every read bounded by one deadline: the decoders driven
+/// the way tests and fuzz targets can, with the same limits as the server.
+pub struct Reader {
+    head: HeadReader,
+    /// Bytes read past the head and not yet decoded.
+    pending: Vec<u8>,
+    deadline: Instant,
+}
+
+/// The size of one read.
+const READ_BYTES: usize = 16 * 1024;
+
+impl Reader {
+    /// A reader whose every read must finish by `deadline`.
+    pub fn new(deadline: Instant) -> Reader {
+        Reader {
+            head: HeadReader::new(),
+            pending: Vec::new(),
+            deadline,
+        }
+    }
+
+    /// The method and target of the request line as received, once the line is complete.
+    pub fn request_line(&self) -> Option<(&[u8], &[u8])> {
+        self.head.request_line()
+    }
+
+    /// Whether bytes after the head are already buffered (the client did not wait for `100 Continue`).
+    pub fn has_buffered(&self) -> bool {
+        !self.pending.is_empty()
     }
 
     /// Reads and validates the head.
     pub fn read_head(&mut self, stream: &mut impl Source) -> Result<Head, RequestError> {
+        let mut buf = [0; READ_BYTES];
         loop {
-            if let Some((head, len)) = parse_head(&self.buf[self.start..self.end])? {
-                self.start += len;
+            let n = self.fill(stream, &mut buf)?;
+            if let Some((head, rest)) = self.head.push(&buf[..n])? {
+                self.pending = rest;
                 return Ok(head);
             }
-            self.fill(stream)?;
         }
     }
 
@@ -309,126 +527,35 @@ impl Reader {
         stream: &mut impl Source,
         framing: Framing,
         max_body: u64,
-        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
+        sink: &mut dyn FnMut(&[u8]) -> Result<(), Refusal>,
     ) -> Result<u64, RequestError> {
-        framing.check(max_body)?;
-        match framing {
-            Framing::Empty => Ok(0),
-            Framing::Length(len) => self.copy(stream, len, sink).map(|()| len),
-            Framing::Chunked => self.read_chunked(stream, max_body, sink),
+        let mut decoder = BodyDecoder::new(framing, max_body)?;
+        let mut len = 0u64;
+        let mut counted = |piece: &[u8]| {
+            len += piece.len() as u64;
+            sink(piece)
+        };
+        let pending = std::mem::take(&mut self.pending);
+        decoder.push(&pending, &mut counted)?;
+        let mut buf = [0; READ_BYTES];
+        while !decoder.is_done() {
+            let n = self.fill(stream, &mut buf)?;
+            decoder.push(&buf[..n], &mut counted)?;
         }
+        Ok(len)
     }
 
-    fn read_chunked(
-        &mut self,
-        stream: &mut impl Source,
-        max_body: u64,
-        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
-    ) -> Result<u64, RequestError> {
-        let mut total: u64 = 0;
-        loop {
-            let size = loop {
-                match httparse::parse_chunk_size(&self.buf[self.start..self.end]) {
-                    // The same limit whether the line arrived whole or in pieces.
-                    Ok(Status::Complete((len, _))) if len > MAX_CHUNK_LINE_BYTES => {
-                        return Err(Refusal::Malformed("chunk-size line too long").into());
-                    }
-                    Ok(Status::Complete((len, size))) => {
-                        self.start += len;
-                        break size;
-                    }
-                    Ok(Status::Partial) if self.end - self.start >= MAX_CHUNK_LINE_BYTES => {
-                        return Err(Refusal::Malformed("chunk-size line too long").into());
-                    }
-                    Ok(Status::Partial) => self.fill(stream)?,
-                    Err(_) => return Err(Refusal::Malformed("invalid chunk size").into()),
-                }
-            };
-            if size == 0 {
-                self.skip_trailers(stream)?;
-                return Ok(total);
-            }
-            total = total
-                .checked_add(size)
-                .filter(|&t| t <= max_body)
-                .ok_or(Refusal::BodyTooLarge { limit: max_body })?;
-            self.copy(stream, size, sink)?;
-            while self.end - self.start < 2 {
-                self.fill(stream)?;
-            }
-            if &self.buf[self.start..self.start + 2] != b"\r\n" {
-                return Err(Refusal::Malformed("chunk data not followed by CRLF").into());
-            }
-            self.start += 2;
-        }
-    }
-
-    /// Consumes the trailer section after the last chunk; its fields are ignored.
-    fn skip_trailers(&mut self, stream: &mut impl Source) -> Result<(), RequestError> {
-        let mut seen = 0;
-        loop {
-            let pending = &self.buf[self.start..self.end];
-            // The limit counts trailer bytes only, not what follows the request.
-            match pending.iter().position(|&b| b == b'\n') {
-                Some(nl) => {
-                    let blank = pending[..nl].iter().all(|&b| b == b'\r') && nl <= 1;
-                    self.start += nl + 1;
-                    seen += nl + 1;
-                    if blank {
-                        return Ok(());
-                    }
-                    if seen > MAX_HEAD_BYTES {
-                        return Err(Refusal::HeadTooLarge.into());
-                    }
-                }
-                None if seen + pending.len() > MAX_HEAD_BYTES => {
-                    return Err(Refusal::HeadTooLarge.into());
-                }
-                None => self.fill(stream)?,
-            }
-        }
-    }
-
-    /// Moves exactly `len` bytes from the peer to `sink`.
-    fn copy(
-        &mut self,
-        stream: &mut impl Source,
-        mut len: u64,
-        sink: &mut dyn FnMut(&[u8]) -> io::Result<()>,
-    ) -> Result<(), RequestError> {
-        while len > 0 {
-            if self.start == self.end {
-                self.fill(stream)?;
-            }
-            let take = (self.end - self.start).min(usize::try_from(len).unwrap_or(usize::MAX));
-            sink(&self.buf[self.start..self.start + take])
-                .map_err(|e| Refusal::internal("spool the body", e))?;
-            self.start += take;
-            len -= take as u64;
-        }
-        Ok(())
-    }
-
-    /// Reads at least one more byte, compacting the buffer first if needed.
-    fn fill(&mut self, stream: &mut impl Source) -> Result<(), RequestError> {
-        if self.start == self.end {
-            (self.start, self.end) = (0, 0);
-        } else if self.end == self.buf.len() {
-            self.buf.copy_within(self.start..self.end, 0);
-            (self.start, self.end) = (0, self.end - self.start);
-        }
+    /// One read of at least one byte, by the deadline.
+    fn fill(&mut self, stream: &mut impl Source, buf: &mut [u8]) -> Result<usize, RequestError> {
         loop {
             let left = self.deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(Refusal::Timeout.into());
             }
             stream.set_read_timeout(Some(left)).map_err(Lost::Io)?;
-            match stream.read(&mut self.buf[self.end..]) {
+            match stream.read(buf) {
                 Ok(0) => return Err(Lost::Closed.into()),
-                Ok(n) => {
-                    self.end += n;
-                    return Ok(());
-                }
+                Ok(n) => return Ok(n),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e)
                     if matches!(
@@ -444,6 +571,59 @@ impl Reader {
     }
 }
 
+/// A body being written to an anonymous memory file as it arrives.
+pub struct Spool {
+    file: Option<File>,
+    len: u64,
+}
+
+impl Spool {
+    /// A spool for a body framed by `framing`; no file for no body.
+    pub fn new(framing: Framing) -> Result<Spool, Refusal> {
+        let file = match framing {
+            Framing::Empty | Framing::Length(0) => None,
+            Framing::Length(_) | Framing::Chunked => Some(
+                memfd_create(
+                    "sockhook-body",
+                    MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+                )
+                .map(File::from)
+                .map_err(|e| Refusal::internal("create a memory file for the body", e.into()))?,
+            ),
+        };
+        Ok(Spool { file, len: 0 })
+    }
+
+    /// Appends the next piece of the body.
+    pub fn write(&mut self, piece: &[u8]) -> Result<(), Refusal> {
+        self.len += piece.len() as u64;
+        match &mut self.file {
+            Some(file) => file
+                .write_all(piece)
+                .map_err(|e| Refusal::internal("spool the body", e)),
+            None => Ok(()),
+        }
+    }
+
+    /// The whole body, sealed: it can change no more, so a mapping of it is
+    /// a stable `&[u8]`.
+    pub fn finish(self) -> Result<Body, Refusal> {
+        let Some(file) = self.file.filter(|_| self.len > 0) else {
+            return Ok(Body { file: None, len: 0 });
+        };
+        let seals = SealFlag::F_SEAL_SHRINK
+            | SealFlag::F_SEAL_GROW
+            | SealFlag::F_SEAL_WRITE
+            | SealFlag::F_SEAL_SEAL;
+        fcntl(&file, FcntlArg::F_ADD_SEALS(seals))
+            .map_err(|e| Refusal::internal("seal the body's memory file", e.into()))?;
+        Ok(Body {
+            file: Some(file),
+            len: self.len,
+        })
+    }
+}
+
 impl Reader {
     /// Reads the body framed by `framing` into a [`Body`], showing each piece
     /// to `inspect` (the signature check) on its way.
@@ -454,38 +634,12 @@ impl Reader {
         max_body: u64,
         inspect: &mut dyn FnMut(&[u8]),
     ) -> Result<Body, RequestError> {
-        let mut file = match framing {
-            Framing::Empty => None,
-            Framing::Length(_) | Framing::Chunked => Some(
-                memfd_create(
-                    "sockhook-body",
-                    MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
-                )
-                .map(File::from)
-                .map_err(|e| Refusal::internal("create a memory file for the body", e.into()))?,
-            ),
-        };
-        let len = self.read_body(stream, framing, max_body, &mut |piece| {
+        let mut spool = Spool::new(framing)?;
+        self.read_body(stream, framing, max_body, &mut |piece| {
             inspect(piece);
-            match &mut file {
-                Some(file) => file.write_all(piece),
-                None => Ok(()),
-            }
+            spool.write(piece)
         })?;
-        let Some(file) = file.filter(|_| len > 0) else {
-            return Ok(Body { file: None, len: 0 });
-        };
-        // Sealed, the body can change no more, so a mapping of it is a stable `&[u8]`.
-        let seals = SealFlag::F_SEAL_SHRINK
-            | SealFlag::F_SEAL_GROW
-            | SealFlag::F_SEAL_WRITE
-            | SealFlag::F_SEAL_SEAL;
-        fcntl(&file, FcntlArg::F_ADD_SEALS(seals))
-            .map_err(|e| Refusal::internal("seal the body's memory file", e.into()))?;
-        Ok(Body {
-            file: Some(file),
-            len,
-        })
+        Ok(spool.finish()?)
     }
 }
 

@@ -1,99 +1,175 @@
-//! A request's life, top to bottom: head → hook → pending check → body →
-//! verdict → job. Each stage takes what the one before returned; [`serve`]
-//! answers with the outcome, closes the connection cleanly, and only then
-//! hands an accepted job to the runner.
+//! A request's life, stage by stage: head → hook → pending check → body →
+//! verdict → job. Each stage takes what the one before returned.
+//!
+//! The event loop ([`crate::reactor`]) reads the head, calls [`admit`] for
+//! the stages that need no body (they are cheap, and most refusals happen
+//! there), feeds the body to [`Admitted::push`] as it arrives, and hands the
+//! complete request to a worker thread, which calls [`decide`] for the
+//! verdict and the job (a MAC comparison, the replay file, the payload
+//! filter: work that must not stall the loop). The loop then writes the
+//! [`answer`], half-closes, drains, closes — and only then starts the job.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use crate::act::{Job, Runner};
-use crate::config::{Hooks, Problem};
-use crate::error::{Lost, RequestError};
+use crate::config::{Hook, Hooks, Problem};
+use crate::error::Refusal;
 use crate::filter::Ignored;
-use crate::listen::Stream;
-use crate::log::{self, Clean, Last, Level};
-use crate::read::{Head, Reader};
+use crate::limits::{Budget, Reservation, Source};
+use crate::log::{Clean, Level};
+use crate::read::{BodyDecoder, Framing, Head, Spool};
 use crate::replay::Replay;
-use crate::respond::{Connection, Response};
+use crate::respond::Response;
+use crate::route;
 use crate::scheme::Key;
-use crate::verify;
-use crate::{info, route, warning};
+use crate::verify::{self, Pending};
 
-/// What every request of one activation is served with.
-pub struct Context {
-    /// The hooks, loaded at start-up.
+/// What the stages before the body judge requests with; the event loop's own.
+pub struct Config {
+    /// The hooks.
     pub hooks: Hooks,
-    /// Delivery ids already accepted.
-    pub replay: Replay,
     /// The server key, or why there is none.
     pub key: Result<Key, Problem>,
-    /// Time a client has for its whole request.
-    pub request_timeout: Duration,
+}
+
+/// What the stages after the body need; shared with the workers.
+pub struct Shared {
+    /// Delivery ids already accepted.
+    pub replay: Replay,
     /// Runs the commands.
     pub runner: Runner,
+    /// Bytes spooled by requests not yet authenticated.
+    pub budget: Arc<Budget>,
+}
+
+/// A request whose head passed: its hook, what is left to verify, and how
+/// its body is read.
+pub struct Admitted {
+    hook: Arc<Hook>,
+    pending: Pending,
+    decoder: BodyDecoder,
+    spool: Spool,
+    /// Budget held while the body is not yet authenticated; grown as a
+    /// chunked body arrives.
+    reservation: Option<Reservation>,
+    grow: bool,
+    /// The client waits for `100 Continue` before sending its body.
+    pub send_continue: bool,
 }
 
 /// An authenticated request, as its hook's filters judged it.
-enum Accepted {
+pub enum Accepted {
     /// Run the command.
     Run(Job),
     /// A filter said no: answered 200, nothing runs.
     Ignored(Ignored),
 }
 
-/// Serves one connection: one request, its answer and a clean close, then its job.
-pub fn serve(stream: Stream, context: &Context) {
-    let peer = stream.peer_addr();
-    let mut connection = Connection::new(stream);
-    let mut reader = Reader::new(Instant::now() + context.request_timeout);
-    let head = match reader.read_head(connection.stream()) {
-        Ok(head) => head,
-        Err(e) => {
-            // Refused before the head was whole: log what was asked, if that much came.
-            let line = reader
-                .request_line()
-                .map(|(method, target)| request_line(method, target));
-            answer(connection, peer, line, None, Err(e));
-            return;
-        }
-    };
-    let mut line = request_line(head.method.as_bytes(), head.path.as_bytes());
-    if head.query.is_some() {
-        line.push_str("?...");
-    }
-    let entry = route::lookup(&context.hooks, &head.path);
+/// Head → hook → pending check: every stage that needs no body. Returns the
+/// name of the hook the path names, for the log, whatever the outcome.
+///
+/// `buffered` says whether bytes of the body came with the head.
+pub fn admit(
+    config: &Config,
+    shared: &Shared,
+    head: &Head,
+    source: Source,
+    buffered: bool,
+) -> (Option<String>, Result<Admitted, Refusal>) {
+    let entry = route::lookup(&config.hooks, &head.path);
     let name = entry.map(|(name, _)| name.to_owned());
-    let accepted = after_head(&mut connection, &mut reader, &head, entry, context, peer);
-    if let Some(job) = answer(connection, peer, Some(line), name, accepted) {
-        context.runner.trigger(job);
+    (
+        name,
+        admit_entry(entry, shared, config, head, source, buffered),
+    )
+}
+
+fn admit_entry(
+    entry: Option<route::Entry<'_>>,
+    shared: &Shared,
+    config: &Config,
+    head: &Head,
+    source: Source,
+    buffered: bool,
+) -> Result<Admitted, Refusal> {
+    let hook = route::accept(entry, &head.method)?;
+    let decoder = BodyDecoder::new(head.framing, hook.max_body)?;
+    let pending = verify::before_body(&hook, head, config.key.as_ref())?;
+    hook.filters.content_type(head)?;
+    // A body that must be read before its sender is known counts against the
+    // budget: all of it at once when its length is announced.
+    let (reservation, grow) = match (&pending, head.framing) {
+        (Pending::Body(_), Framing::Length(len)) => (Some(reserve(shared, source, len)?), false),
+        (Pending::Body(_), Framing::Chunked) => (Some(reserve(shared, source, 0)?), true),
+        _ => (None, false),
+    };
+    Ok(Admitted {
+        spool: Spool::new(head.framing)?,
+        send_continue: head.expect_continue && !buffered,
+        hook,
+        pending,
+        decoder,
+        reservation,
+        grow,
+    })
+}
+
+fn reserve(shared: &Shared, source: Source, bytes: u64) -> Result<Reservation, Refusal> {
+    shared
+        .budget
+        .reserve(source, bytes)
+        .ok_or(Refusal::Busy("too many unauthenticated bodies in progress"))
+}
+
+impl Admitted {
+    /// Body: decodes bytes that arrived, into the MAC and the spool; returns
+    /// how many belong to the request.
+    pub fn push(&mut self, bytes: &[u8]) -> Result<usize, Refusal> {
+        let Admitted {
+            pending,
+            spool,
+            reservation,
+            grow,
+            ..
+        } = self;
+        self.decoder.push(bytes, &mut |piece| {
+            if let Some(reservation) = reservation.as_mut().filter(|_| *grow)
+                && !reservation.grow(piece.len() as u64)
+            {
+                return Err(Refusal::Busy("too many unauthenticated bodies in progress"));
+            }
+            pending.update(piece);
+            spool.write(piece)
+        })
+    }
+
+    /// Whether the whole body is in.
+    pub fn is_complete(&self) -> bool {
+        self.decoder.is_done()
     }
 }
 
-/// Every stage after the head, each on what the one before returned.
-fn after_head(
-    connection: &mut Connection,
-    reader: &mut Reader,
+/// Verdict → job: the stages after the body.
+pub fn decide(
+    shared: &Shared,
     head: &Head,
-    entry: Option<route::Entry<'_>>,
-    context: &Context,
     peer: Option<SocketAddr>,
-) -> Result<Accepted, RequestError> {
-    let hook = route::accept(entry, &head.method)?;
-    head.framing.check(hook.max_body)?;
-    let mut pending = verify::before_body(&hook, head, context.key.as_ref())?;
-    hook.filters.content_type(head)?;
-    if head.expect_continue && !reader.has_buffered() {
-        connection.send_continue().map_err(Lost::Io)?;
-    }
-    let body = reader.spool(
-        connection.stream(),
-        head.framing,
-        hook.max_body,
-        &mut |piece| pending.update(piece),
-    )?;
+    admitted: Admitted,
+) -> Result<Accepted, Refusal> {
+    let Admitted {
+        hook,
+        pending,
+        spool,
+        reservation,
+        ..
+    } = admitted;
+    let body = spool.finish()?;
     let verified = pending.finish()?;
+    // Authenticated: the body no longer counts against the budget.
+    drop(reservation);
     if let Some(id) = &verified.replay_id {
-        context.replay.admit(&hook.name, id, verify::unix_now())?;
+        shared.replay.admit(&hook.name, id, verify::unix_now())?;
     }
     if let Err(why) = hook.filters.event(head) {
         return Ok(Accepted::Ignored(why));
@@ -103,67 +179,31 @@ fn after_head(
     {
         return Ok(Accepted::Ignored(why));
     }
-    let ticket = context.runner.ticket();
+    let ticket = shared.runner.ticket();
     Ok(Accepted::Run(Job::new(hook, head, peer, body, ticket)))
 }
 
-/// Answers, logs one line, closes; returns the job to run, if one was accepted.
-fn answer(
-    mut connection: Connection,
-    peer: Option<SocketAddr>,
-    line: Option<String>,
-    hook: Option<String>,
-    outcome: Result<Accepted, RequestError>,
-) -> Option<Job> {
-    let peer = peer.map_or_else(|| "unix".to_owned(), |a| a.to_string());
-    let (response, level, note) = match &outcome {
+/// The response to an outcome, with the level and the words of its log line.
+pub fn answer(outcome: &Result<Accepted, Refusal>) -> (Response, Level, String) {
+    match outcome {
         Ok(Accepted::Run(_)) => (Response::accepted(), Level::Info, "accepted".to_owned()),
         Ok(Accepted::Ignored(why)) => (
             Response::ok(&format!("ignored: {why}")),
             Level::Info,
             format!("ignored: {why}"),
         ),
-        Err(RequestError::Lost(Lost::Closed)) if line.is_none() => {
-            info!("{peer}: closed without sending a request");
-            return None;
+        Err(refusal) => {
+            let level = match refusal {
+                r if r.is_server_fault() => Level::Error,
+                _ => Level::Warning,
+            };
+            (Response::refusal(refusal), level, refusal.to_string())
         }
-        Err(RequestError::Lost(lost)) => {
-            let line = line.as_deref().unwrap_or("-");
-            warning!("{peer} {line}: no response: {lost}");
-            return None;
-        }
-        Err(RequestError::Refused(refusal)) if refusal.is_server_fault() => (
-            Response::refusal(refusal),
-            Level::Error,
-            refusal.to_string(),
-        ),
-        Err(RequestError::Refused(refusal)) => (
-            Response::refusal(refusal),
-            Level::Warning,
-            refusal.to_string(),
-        ),
-    };
-    let delivered = match connection.respond(&response) {
-        Ok(()) => String::new(),
-        Err(e) => format!(" (response not delivered: {e})"),
-    };
-    let line = line.as_deref().unwrap_or("- -");
-    let hook = hook.map_or_else(String::new, |name| format!(" hook {name}"));
-    let status = response.status;
-    log::line(
-        level,
-        format_args!("{peer} {line} {status}{hook}: {note}{delivered}"),
-    );
-    log::status(Last::Request, format_args!("{line} {status}{hook}: {note}"));
-    connection.close();
-    match outcome {
-        Ok(Accepted::Run(job)) => Some(job),
-        _ => None,
     }
 }
 
 /// `METHOD PATH` for the log, with `?...` standing for a query's values.
-fn request_line(method: &[u8], target: &[u8]) -> String {
+pub fn request_line(method: &[u8], target: &[u8]) -> String {
     let path_end = target
         .iter()
         .position(|&b| b == b'?')
@@ -174,4 +214,13 @@ fn request_line(method: &[u8], target: &[u8]) -> String {
         Clean::peer(method),
         Clean::peer(&target[..path_end])
     )
+}
+
+/// The request line of a parsed head, for the log.
+pub fn head_line(head: &Head) -> String {
+    let mut line = request_line(head.method.as_bytes(), head.path.as_bytes());
+    if head.query.is_some() {
+        line.push_str("?...");
+    }
+    line
 }

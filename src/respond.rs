@@ -4,8 +4,8 @@
 //! the peer may then discard the response it already received (RFC 1122
 //! §4.2.2.13, RFC 2525 §2.17, hyper#3078: the netcat race). So after the
 //! response the write side is shut down and the peer's remaining bytes are read
-//! and discarded, within bounds, before the socket is closed. [`Connection`]
-//! does that in `Drop`, so no path can skip it.
+//! and discarded, within bounds, before the socket is closed. [`Closing`] is
+//! the only way an answered connection ends, so no path can skip it.
 
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -15,12 +15,18 @@ use crate::listen::Stream;
 
 /// Longest wait for one read while draining.
 pub const DRAIN_READ_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest time spent draining in all.
+/// Longest time spent draining in all, after a whole request.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest time spent draining after a refusal made before the body was
+/// read: enough for a client that sends its whole body before it reads,
+/// short so that a hostile one holds its connection briefly.
+pub const REFUSAL_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most bytes read and discarded while draining.
 pub const DRAIN_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Longest wait for one write of the response.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a 503 asks the client to wait before it tries again, in seconds.
+pub const RETRY_AFTER_SECS: u64 = 5;
 
 /// A response: status, extra header fields, and a short plain-text body.
 #[derive(Debug, PartialEq, Eq)]
@@ -57,6 +63,7 @@ impl Response {
         let mut headers = Vec::new();
         match refusal {
             Refusal::MethodNotAllowed { allow } => headers.push(("Allow", allow.clone())),
+            Refusal::Busy(_) => headers.push(("Retry-After", RETRY_AFTER_SECS.to_string())),
             Refusal::Unauthorized {
                 challenge: true, ..
             } => {
@@ -103,7 +110,7 @@ impl Response {
 }
 
 /// Every status sockhook sends, with its reason phrase (RFC 9110 §15).
-pub const STATUSES: [(u16, &str); 16] = [
+pub const STATUSES: [(u16, &str); 17] = [
     (100, "Continue"),
     (200, "OK"),
     (204, "No Content"),
@@ -120,6 +127,7 @@ pub const STATUSES: [(u16, &str); 16] = [
     (431, "Request Header Fields Too Large"),
     (500, "Internal Server Error"),
     (501, "Not Implemented"),
+    (503, "Service Unavailable"),
 ];
 
 /// The reason phrase of `status`.
@@ -157,79 +165,139 @@ pub fn http_date(now: SystemTime) -> String {
     )
 }
 
-/// A client connection that is always closed cleanly: half-close, drain, close.
-pub struct Connection {
-    stream: Stream,
-    finished: bool,
+/// An answer on its way out, then the half-close and the drain: the only way
+/// a connection that was answered ends, so that no answer is lost to an RST.
+///
+/// Driven by the event loop: [`Closing::write`] when the socket is
+/// writable, [`Closing::drain`] when it is readable, [`Closing::deadline`]
+/// for when to give up.
+#[derive(Debug)]
+pub struct Closing {
+    /// INVARIANT: `sent <= out.len()`; once all is sent, `draining` is set.
+    out: Vec<u8>,
+    sent: usize,
+    draining: Option<Drain>,
+    /// How long the drain may take in all.
+    drain_for: Duration,
+    /// Giving up on the write.
+    write_until: Instant,
 }
 
-impl Connection {
-    /// Wraps an accepted stream; writes time out after [`WRITE_TIMEOUT`].
-    pub fn new(stream: Stream) -> Connection {
-        let _ = stream.set_write_timeout(Some(WRITE_TIMEOUT));
-        Connection {
-            stream,
-            finished: false,
+#[derive(Debug)]
+struct Drain {
+    until: Instant,
+    quiet_until: Instant,
+    bytes: u64,
+}
+
+/// What a [`Closing`] needs next.
+#[derive(Debug)]
+pub enum Step {
+    /// Call [`Closing::write`] again once the socket is writable.
+    Write,
+    /// The answer is out and the write side shut down: log it; call
+    /// [`Closing::drain`] once the socket is readable.
+    Written,
+    /// Call [`Closing::drain`] again once the socket is readable.
+    Drain,
+    /// Close the socket now. `Err` if the answer could not be delivered.
+    Close(Result<(), io::Error>),
+}
+
+impl Closing {
+    /// The bytes of an answer, then a drain of at most `drain_for`.
+    pub fn new(out: Vec<u8>, drain_for: Duration) -> Closing {
+        Closing {
+            out,
+            sent: 0,
+            draining: None,
+            drain_for,
+            write_until: Instant::now() + WRITE_TIMEOUT,
         }
     }
 
-    /// The stream, for reading the request.
-    pub fn stream(&mut self) -> &mut Stream {
-        &mut self.stream
-    }
-
-    /// Tells a client that sent `Expect: 100-continue` to send its body.
-    pub fn send_continue(&mut self) -> io::Result<()> {
-        self.stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
-    }
-
-    /// Writes the whole response.
-    pub fn respond(&mut self, response: &Response) -> io::Result<()> {
-        self.stream.write_all(&response.to_bytes(SystemTime::now()))
-    }
-
-    /// Half-closes, drains and closes now rather than when dropped.
-    pub fn close(mut self) {
-        self.finish();
-    }
-
-    fn finish(&mut self) {
-        if std::mem::replace(&mut self.finished, true) {
-            return;
+    /// When to give up: on the write, or on the drain.
+    pub fn deadline(&self) -> Instant {
+        match &self.draining {
+            None => self.write_until,
+            Some(drain) => drain.until.min(drain.quiet_until),
         }
-        // Never SO_LINGER 0: that sends RST by design.
-        if self.stream.shutdown_write().is_ok() {
-            drain(&mut self.stream);
+    }
+
+    /// Whether the answer is out.
+    pub fn is_written(&self) -> bool {
+        self.draining.is_some()
+    }
+
+    /// Writes what the socket takes; once all is out, half-closes.
+    pub fn write(&mut self, stream: &mut impl Outlet) -> Step {
+        while self.sent < self.out.len() {
+            match stream.write(&self.out[self.sent..]) {
+                Ok(0) => return Step::Close(Err(io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Write,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Step::Close(Err(e)),
+            }
+        }
+        // Never SO_LINGER 0: that sends RST by design. The FIN goes out
+        // after the answer's last byte.
+        if let Err(e) = stream.shutdown_write() {
+            return Step::Close(Err(e));
+        }
+        let now = Instant::now();
+        self.draining = Some(Drain {
+            until: now + self.drain_for,
+            quiet_until: now + DRAIN_READ_TIMEOUT,
+            bytes: 0,
+        });
+        Step::Written
+    }
+
+    /// Reads and discards what the peer still sends, until it closes or a
+    /// bound is reached. `scratch` must not be empty: a read into nothing
+    /// returns 0, which would look like the peer's close.
+    pub fn drain(&mut self, stream: &mut impl Read, scratch: &mut [u8]) -> Step {
+        assert!(!scratch.is_empty(), "drain into an empty buffer");
+        let Some(drain) = &mut self.draining else {
+            return Step::Write;
+        };
+        loop {
+            match stream.read(scratch) {
+                Ok(0) => return Step::Close(Ok(())),
+                Ok(n) => {
+                    drain.bytes += n as u64;
+                    drain.quiet_until = Instant::now() + DRAIN_READ_TIMEOUT;
+                    if drain.bytes >= DRAIN_MAX_BYTES {
+                        return Step::Close(Ok(()));
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Step::Drain,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // The answer is out; whatever else goes wrong now, it was delivered.
+                Err(_) => return Step::Close(Ok(())),
+            }
+        }
+    }
+
+    /// What to do when the deadline passed.
+    pub fn expire(&self) -> Step {
+        match self.draining {
+            None => Step::Close(Err(io::ErrorKind::TimedOut.into())),
+            Some(_) => Step::Close(Ok(())),
         }
     }
 }
 
-impl Drop for Connection {
-    fn drop(&mut self) {
-        self.finish();
-    }
+/// The writing side of a connection, for [`Closing`].
+pub trait Outlet: Write {
+    /// Shuts down the write side: FIN once everything written is out.
+    fn shutdown_write(&mut self) -> io::Result<()>;
 }
 
-/// Reads and discards until the peer closes, or a time or byte bound is reached.
-fn drain(stream: &mut Stream) {
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    let mut discard = [0u8; 4096];
-    let mut total: u64 = 0;
-    while total < DRAIN_MAX_BYTES {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero()
-            || stream
-                .set_read_timeout(Some(left.min(DRAIN_READ_TIMEOUT)))
-                .is_err()
-        {
-            return;
-        }
-        match stream.read(&mut discard) {
-            Ok(0) => return,
-            Ok(n) => total += n as u64,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(_) => return,
-        }
+impl Outlet for Stream {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        Stream::shutdown_write(self)
     }
 }
 

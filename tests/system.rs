@@ -10,7 +10,7 @@ mod support;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -592,9 +592,15 @@ fn flood_client() {
     writeln!(out, "\nflood-elapsed {:.1}", elapsed.as_secs_f64()).unwrap();
 }
 
+/// Addresses the flood comes from: 127.0.0.2 and the next ones, so that no
+/// source holds more connections at once than sockhook's per-source limit
+/// (32 by default; `per_source_limit_answers_503_and_spares_others` tests that).
+const FLOOD_SOURCES: u64 = 4;
+
 /// One flood connection; returns the status it got, or what happened instead.
 fn flood_one(addr: SocketAddr, kind: Flood, seed: u64) -> String {
-    let mut stream = match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+    let from = support::net::loopback(2 + (seed % FLOOD_SOURCES) as u8);
+    let mut stream = match support::net::connect_from(from, addr) {
         Ok(stream) => stream,
         Err(e) => return format!("connect-{:?}", e.kind()),
     };

@@ -1,0 +1,872 @@
+//! Stage 2: the event loop. One thread owns every socket: it accepts
+//! connections (at most so many per source and in all), reads each
+//! request's head and body without blocking and under deadlines, refuses at
+//! once what it can, and hands complete requests to a worker for the
+//! verdict; then it writes the answer, half-closes, drains and closes — and
+//! only then starts the job.
+//!
+//! Why a loop and not a thread per connection: a connection waiting for
+//! its head or its body costs a few hundred bytes here, so thousands of slow
+//! or idle clients neither exhaust a fixed number of slots nor make a valid
+//! sender wait behind them. Threads are for work that may block or take CPU
+//! (the verdict, the commands), never for waiting on a client.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{self, PipeReader, Read, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::errno::Errno;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
+
+use crate::act::Job;
+use crate::error::{Error, Lost, Refusal};
+use crate::idle::Activity;
+use crate::limits::{Connections, Limits, Source};
+use crate::listen::{Listener, Stream};
+use crate::log::{self, Last, Level};
+use crate::read::{Head, HeadReader};
+use crate::request::{self, Accepted, Admitted, Config, Shared};
+use crate::respond::{Closing, DRAIN_TIMEOUT, REFUSAL_DRAIN_TIMEOUT, Response, Step};
+use crate::{info, warning};
+
+/// Time a client has for its request head, unless `--head-timeout` says otherwise.
+pub const DEFAULT_HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most threads deciding requests at once; more requests wait for one.
+pub const MAX_WORKERS: usize = 8;
+/// Stack of a worker thread: the verdict and the payload filter need little.
+const WORKER_STACK_BYTES: usize = 256 * 1024;
+/// Most bytes read from one connection before others get their turn.
+const READ_TURN_BYTES: usize = 256 * 1024;
+/// Size of the buffer every read goes through.
+const SCRATCH_BYTES: usize = 64 * 1024;
+/// Most connections accepted from one listener before others get their turn.
+const ACCEPT_TURN: usize = 64;
+/// How often refusals for too many connections are summed up in the log.
+const REFUSED_REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// How the loop is asked to run.
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// Time a client has for its request head.
+    pub head_timeout: Duration,
+    /// Time a client has for its whole request, head and body.
+    pub request_timeout: Duration,
+    /// Idle time before the loop ends; `None` runs until stopped.
+    pub idle_timeout: Option<Duration>,
+    /// Connections and bytes a client may take.
+    pub limits: Limits,
+}
+
+/// Why the loop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// No connection and no run for the idle timeout.
+    Idle,
+    /// A stop signal, and everything in progress has finished.
+    Stopped,
+    /// The one connection (`Accept=yes`) is served and its run finished.
+    Served,
+}
+
+const SIGNALS: u64 = 0;
+const WAKE: u64 = 1;
+/// Listener `i` is `LISTENERS + i`; connections get ids above `FIRST_CONNECTION`.
+const LISTENERS: u64 = 2;
+const FIRST_CONNECTION: u64 = 1 << 32;
+
+/// One client connection and where its request is.
+struct Conn {
+    stream: Stream,
+    peer: Option<SocketAddr>,
+    source: Source,
+    accepted: Instant,
+    deadline: Instant,
+    /// The request line and hook name for the log, once the head is in.
+    line: Option<String>,
+    hook: Option<String>,
+    /// Bytes to write before reading on (`100 Continue`).
+    out: Vec<u8>,
+    phase: Phase,
+    /// What epoll watches for it now.
+    watching: Option<EpollFlags>,
+}
+
+enum Phase {
+    /// Reading the head.
+    Head(HeadReader),
+    /// Reading the body.
+    Body(Box<(Head, Admitted)>),
+    /// A worker decides; the socket is not watched meanwhile.
+    Deciding,
+    /// Answering, then draining; the job starts when the socket is closed.
+    Closing(Box<Answering>),
+}
+
+/// An answer on its way out, what to log once it is, and the job to start
+/// once the connection is closed.
+struct Answering {
+    closing: Closing,
+    log: Option<(Level, u16, String)>,
+    job: Option<Job>,
+}
+
+/// A complete request on its way to a worker.
+struct Task {
+    id: u64,
+    head: Head,
+    peer: Option<SocketAddr>,
+    admitted: Admitted,
+}
+
+/// A worker's verdict on its way back.
+struct Decided {
+    id: u64,
+    outcome: Result<Accepted, Refusal>,
+}
+
+/// Threads that decide requests, started as they are needed.
+struct Workers {
+    tasks: Sender<Task>,
+    queue: Arc<Mutex<Receiver<Task>>>,
+    decided: Sender<Decided>,
+    idle: Arc<Mutex<usize>>,
+    started: usize,
+    shared: Arc<Shared>,
+    activity: Arc<Activity>,
+}
+
+impl Workers {
+    fn new(shared: Arc<Shared>, activity: Arc<Activity>) -> (Workers, Receiver<Decided>) {
+        let (tasks, queue) = mpsc::channel();
+        let (decided, results) = mpsc::channel();
+        let workers = Workers {
+            tasks,
+            queue: Arc::new(Mutex::new(queue)),
+            decided,
+            idle: Arc::new(Mutex::new(0)),
+            started: 0,
+            shared,
+            activity,
+        };
+        (workers, results)
+    }
+
+    /// Queues `task`, starting a worker if none is free; false if none runs
+    /// and none can be started.
+    fn submit(&mut self, task: Task) -> bool {
+        let free = *self.idle.lock().unwrap_or_else(|e| e.into_inner()) > 0;
+        if !free && self.started < MAX_WORKERS {
+            match self.start() {
+                Ok(()) => self.started += 1,
+                Err(e) if self.started == 0 => {
+                    warning!("unable to start a thread to decide requests: {e}");
+                    return false;
+                }
+                Err(_) => {}
+            }
+        }
+        self.tasks.send(task).is_ok()
+    }
+
+    fn start(&self) -> io::Result<()> {
+        let queue = Arc::clone(&self.queue);
+        let decided = self.decided.clone();
+        let idle = Arc::clone(&self.idle);
+        let shared = Arc::clone(&self.shared);
+        let activity = Arc::clone(&self.activity);
+        thread::Builder::new()
+            .name("decide".into())
+            .stack_size(WORKER_STACK_BYTES)
+            .spawn(move || {
+                loop {
+                    *idle.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+                    let task = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                    *idle.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+                    let Ok(task) = task else { return };
+                    let outcome = request::decide(&shared, &task.head, task.peer, task.admitted);
+                    if decided
+                        .send(Decided {
+                            id: task.id,
+                            outcome,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                    activity.wake();
+                }
+            })
+            .map(drop)
+    }
+}
+
+/// The loop's state.
+struct Reactor<'a> {
+    epoll: Epoll,
+    listeners: &'a [Listener],
+    accepting: bool,
+    /// Accepting failed for want of resources; retried when a connection closes.
+    paused: bool,
+    conns: HashMap<u64, Conn>,
+    next_id: u64,
+    deadlines: BTreeSet<(Instant, u64)>,
+    connections: Connections,
+    settings: Settings,
+    config: &'a Config,
+    shared: &'a Arc<Shared>,
+    workers: Workers,
+    decided: Receiver<Decided>,
+    /// What each read of a head or body goes through.
+    scratch: Box<[u8]>,
+    /// What drained bytes go to; never lent out, unlike `scratch`.
+    discard: Box<[u8]>,
+    /// Connections refused for the per-source limit since the last report.
+    refused: HashMap<Source, u64>,
+    refused_reported: Option<Instant>,
+    last_close: Instant,
+}
+
+/// Serves `listeners` (or the one `connection`) until idle, stopped, or served.
+#[allow(clippy::too_many_arguments)]
+pub fn run(
+    listeners: &[Listener],
+    connection: Option<Stream>,
+    config: &Config,
+    shared: &Arc<Shared>,
+    settings: Settings,
+    signals: &SignalFd,
+    activity: &Arc<Activity>,
+    wake: &PipeReader,
+) -> Result<Ended, Error> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)
+        .map_err(|e| Error::system("create an epoll instance", e.into()))?;
+    let watch = |fd: std::os::fd::BorrowedFd<'_>, data: u64, what: &str| {
+        epoll
+            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, data))
+            .map_err(|e| Error::system(format!("watch {what}"), e.into()))
+    };
+    watch(signals.as_fd(), SIGNALS, "the signalfd")?;
+    watch(wake.as_fd(), WAKE, "the wake-up pipe")?;
+    for (i, listener) in listeners.iter().enumerate() {
+        listener
+            .set_nonblocking()
+            .map_err(|e| Error::system("make the listening socket non-blocking", e))?;
+        watch(
+            listener.as_fd(),
+            LISTENERS + i as u64,
+            "the listening socket",
+        )?;
+    }
+    let (workers, decided) = Workers::new(Arc::clone(shared), Arc::clone(activity));
+    let mut reactor = Reactor {
+        epoll,
+        listeners,
+        accepting: true,
+        paused: false,
+        conns: HashMap::new(),
+        next_id: FIRST_CONNECTION,
+        deadlines: BTreeSet::new(),
+        connections: Connections::default(),
+        settings,
+        config,
+        shared,
+        workers,
+        decided,
+        scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
+        discard: vec![0; SCRATCH_BYTES].into_boxed_slice(),
+        refused: HashMap::new(),
+        refused_reported: None,
+        last_close: Instant::now(),
+    };
+    let one = connection.is_some();
+    if let Some(stream) = connection {
+        reactor.admit(stream);
+    }
+    let mut stopping = false;
+    let mut events = vec![EpollEvent::empty(); 256];
+    loop {
+        let now = Instant::now();
+        let idle_left = match (settings.idle_timeout, one || stopping) {
+            (Some(limit), false) if reactor.conns.is_empty() => activity
+                .idle_for()
+                .map(|idle| limit.saturating_sub(idle.min(reactor.last_close.elapsed()))),
+            _ => None,
+        };
+        let next = reactor
+            .deadlines
+            .first()
+            .map(|(at, _)| at.saturating_duration_since(now));
+        let wait = match (idle_left, next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = wait.map_or(EpollTimeout::NONE, |w| {
+            // Round up, so that a deadline is never polled for just before it.
+            let ms = w.as_nanos().div_ceil(1_000_000);
+            EpollTimeout::try_from(ms.min(i32::MAX as u128) as i32).unwrap_or(EpollTimeout::MAX)
+        });
+        let n = match reactor.epoll.wait(&mut events, timeout) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => return Err(Error::system("wait for events", e.into())),
+        };
+        if n == 0 && idle_left.is_some_and(|left| left <= Duration::from_millis(1)) {
+            // Idle means a wait found nothing: a connection pending at the
+            // limit (or at start, with --idle-timeout 0) is still served.
+            return Ok(Ended::Idle);
+        }
+        for event in &events[..n] {
+            match event.data() {
+                SIGNALS => {
+                    let signal = signals
+                        .read_signal()
+                        .ok()
+                        .flatten()
+                        .and_then(|s| Signal::try_from(s.ssi_signo as i32).ok())
+                        .map_or("a stop signal", Signal::as_str);
+                    if !stopping {
+                        info!(
+                            "received {signal}: no new connections; finishing the ones in progress"
+                        );
+                        stopping = true;
+                        reactor.stop_accepting();
+                        shared.runner.stop();
+                    }
+                }
+                WAKE => {
+                    let _ = (&*wake).read(&mut [0; 64]);
+                    reactor.resume_if_paused();
+                }
+                id if id < FIRST_CONNECTION => {
+                    if reactor.accepting {
+                        reactor.accept((id - LISTENERS) as usize);
+                    }
+                }
+                id => reactor.on_event(id, event.events()),
+            }
+        }
+        while let Ok(decided) = reactor.decided.try_recv() {
+            reactor.on_decided(decided);
+        }
+        reactor.expire();
+        reactor.report_refused(false);
+        if (stopping || one) && reactor.conns.is_empty() && activity.runs() == 0 {
+            reactor.report_refused(true);
+            return Ok(if one { Ended::Served } else { Ended::Stopped });
+        }
+    }
+}
+
+impl Reactor<'_> {
+    fn stop_accepting(&mut self) {
+        for listener in self.listeners {
+            let _ = self.epoll.delete(listener.as_fd());
+        }
+        self.accepting = false;
+    }
+
+    /// Accepts again after a failure for want of resources.
+    fn resume_if_paused(&mut self) {
+        if !self.paused {
+            return;
+        }
+        self.paused = false;
+        for (i, listener) in self.listeners.iter().enumerate() {
+            let event = EpollEvent::new(EpollFlags::EPOLLIN, LISTENERS + i as u64);
+            let _ = self.epoll.add(listener.as_fd(), event);
+        }
+        self.accepting = true;
+    }
+
+    /// Accepts what is pending on listener `i`, a turn's worth.
+    fn accept(&mut self, i: usize) {
+        for _ in 0..ACCEPT_TURN {
+            match self.listeners[i].accept() {
+                Ok(stream) => self.admit(stream),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    crate::error!(
+                        "unable to accept a connection: {e}; pausing until a connection or run ends"
+                    );
+                    self.stop_accepting();
+                    self.paused = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Takes a new connection in, if its source and the whole have room.
+    fn admit(&mut self, stream: Stream) {
+        let peer = stream.peer_addr();
+        let source = Source::of(peer);
+        let limits = self.settings.limits;
+        if !self
+            .connections
+            .admit(source, limits.connections_per_source)
+        {
+            *self.refused.entry(source).or_default() += 1;
+            if self.refused_reported.is_none() {
+                self.report_refused(true);
+            }
+            // Best effort, unread input or not: this client holds too much already.
+            let mut stream = stream;
+            let _ = stream.set_nonblocking();
+            let _ = stream.write(
+                &Response::refusal(&Refusal::Busy("too many connections from your address"))
+                    .to_bytes(SystemTime::now()),
+            );
+            return;
+        }
+        if self.connections.total() > limits.max_connections {
+            self.evict();
+        }
+        if let Err(e) = stream.set_nonblocking() {
+            warning!("unable to make a connection non-blocking: {e}");
+            self.connections.release(source);
+            return;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let now = Instant::now();
+        let conn = Conn {
+            stream,
+            peer,
+            source,
+            accepted: now,
+            deadline: now
+                + self
+                    .settings
+                    .head_timeout
+                    .min(self.settings.request_timeout),
+            line: None,
+            hook: None,
+            out: Vec::new(),
+            phase: Phase::Head(HeadReader::new()),
+            watching: None,
+        };
+        self.deadlines.insert((conn.deadline, id));
+        self.conns.insert(id, conn);
+        self.watch(id, Some(EpollFlags::EPOLLIN));
+    }
+
+    /// Makes room when every slot is taken: the oldest connection still
+    /// sending its head, from the source that holds the most, goes.
+    fn evict(&mut self) {
+        let Some((source, _)) = self.connections.busiest() else {
+            return;
+        };
+        let oldest = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.source == source && matches!(c.phase, Phase::Head(_)))
+            .min_by_key(|(_, c)| c.accepted)
+            .map(|(id, _)| *id);
+        if let Some(id) = oldest {
+            self.close(id);
+        }
+    }
+
+    /// Logs the connections refused for the per-source limit: at once for
+    /// the first, then summed up every few seconds.
+    fn report_refused(&mut self, now: bool) {
+        let due = self
+            .refused_reported
+            .is_none_or(|at| at.elapsed() >= REFUSED_REPORT_EVERY);
+        if self.refused.is_empty() || !(now || due) {
+            return;
+        }
+        let limit = self.settings.limits.connections_per_source;
+        for (source, count) in self.refused.drain() {
+            warning!(
+                "{source}: refused {count} connection(s): over the limit of {limit} at once per source (503)"
+            );
+        }
+        self.refused_reported = Some(Instant::now());
+    }
+
+    /// Sets what epoll watches for connection `id`.
+    fn watch(&mut self, id: u64, flags: Option<EpollFlags>) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if conn.watching == flags {
+            return;
+        }
+        let fd = conn.stream.as_fd();
+        let done = match (conn.watching, flags) {
+            (None, Some(f)) => self.epoll.add(fd, EpollEvent::new(f, id)),
+            (Some(_), Some(f)) => self.epoll.modify(fd, &mut EpollEvent::new(f, id)),
+            (Some(_), None) => self.epoll.delete(fd),
+            (None, None) => Ok(()),
+        };
+        if let Err(e) = done {
+            warning!("unable to watch a connection: {e}");
+        }
+        conn.watching = flags;
+    }
+
+    fn set_deadline(&mut self, id: u64, at: Instant) {
+        if let Some(conn) = self.conns.get_mut(&id) {
+            self.deadlines.remove(&(conn.deadline, id));
+            conn.deadline = at;
+            self.deadlines.insert((at, id));
+        }
+    }
+
+    fn on_event(&mut self, id: u64, flags: EpollFlags) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let writable = flags.contains(EpollFlags::EPOLLOUT);
+        let trouble = flags.intersects(EpollFlags::EPOLLERR | EpollFlags::EPOLLHUP);
+        match &conn.phase {
+            Phase::Head(_) | Phase::Body(_) => {
+                if !conn.out.is_empty() && (writable || trouble) {
+                    self.flush_out(id);
+                }
+                self.read(id);
+            }
+            Phase::Closing(answering) if !answering.closing.is_written() => self.closing(id, false),
+            Phase::Closing(_) => self.closing(id, true),
+            Phase::Deciding => {}
+        }
+    }
+
+    /// Writes pending `100 Continue` bytes.
+    fn flush_out(&mut self, id: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match conn.stream.write(&conn.out) {
+            Ok(n) => {
+                conn.out.drain(..n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return self.lose(id, Lost::Io(e)),
+        }
+        let flags = if self.conns[&id].out.is_empty() {
+            EpollFlags::EPOLLIN
+        } else {
+            EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT
+        };
+        self.watch(id, Some(flags));
+    }
+
+    /// Reads what connection `id` sent, a turn's worth, into its head or body.
+    fn read(&mut self, id: u64) {
+        let mut taken = 0;
+        while taken < READ_TURN_BYTES {
+            let Some(conn) = self.conns.get_mut(&id) else {
+                return;
+            };
+            if !matches!(conn.phase, Phase::Head(_) | Phase::Body(_)) {
+                return;
+            }
+            let n = match conn.stream.read(&mut self.scratch) {
+                Ok(0) => return self.lose(id, Lost::Closed),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.lose(id, Lost::Io(e)),
+            };
+            taken += n;
+            // Lent out while the bytes are fed on, which needs all of `self`.
+            let scratch = std::mem::take(&mut self.scratch);
+            self.received(id, &scratch[..n]);
+            self.scratch = scratch;
+        }
+    }
+
+    /// Feeds bytes to connection `id`'s head or body.
+    fn received(&mut self, id: u64, bytes: &[u8]) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match &mut conn.phase {
+            Phase::Head(reader) => match reader.push(bytes) {
+                Ok(None) => {}
+                Ok(Some((head, rest))) => self.on_head(id, head, rest),
+                Err(refusal) => {
+                    let line = reader
+                        .request_line()
+                        .map(|(method, target)| request::request_line(method, target));
+                    conn.line = line;
+                    self.refuse(id, refusal, REFUSAL_DRAIN_TIMEOUT);
+                }
+            },
+            Phase::Body(body) => match body.1.push(bytes) {
+                Ok(_) if body.1.is_complete() => self.decide(id),
+                Ok(_) => {}
+                Err(refusal) => self.refuse(id, refusal, REFUSAL_DRAIN_TIMEOUT),
+            },
+            Phase::Deciding | Phase::Closing { .. } => {}
+        }
+    }
+
+    /// The head is in: the stages that need no body, then the body's start.
+    fn on_head(&mut self, id: u64, head: Head, rest: Vec<u8>) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        conn.line = Some(request::head_line(&head));
+        let (name, admitted) = request::admit(
+            self.config,
+            self.shared,
+            &head,
+            conn.source,
+            !rest.is_empty(),
+        );
+        conn.hook = name;
+        let admitted = match admitted {
+            Ok(admitted) => admitted,
+            Err(refusal) => return self.refuse(id, refusal, REFUSAL_DRAIN_TIMEOUT),
+        };
+        if admitted.send_continue {
+            conn.out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+        }
+        let complete = admitted.is_complete();
+        conn.phase = Phase::Body(Box::new((head, admitted)));
+        let body_deadline = conn.accepted + self.settings.request_timeout;
+        self.set_deadline(id, body_deadline);
+        if !self.conns[&id].out.is_empty() {
+            self.flush_out(id);
+        }
+        if complete {
+            self.decide(id);
+        } else if !rest.is_empty() {
+            self.received(id, &rest);
+        }
+    }
+
+    /// The body is in: a worker decides.
+    fn decide(&mut self, id: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Phase::Body(body) = std::mem::replace(&mut conn.phase, Phase::Deciding) else {
+            return;
+        };
+        let (head, admitted) = *body;
+        let task = Task {
+            id,
+            head,
+            peer: conn.peer,
+            admitted,
+        };
+        self.watch(id, None);
+        if let Some(conn) = self.conns.get(&id) {
+            self.deadlines.remove(&(conn.deadline, id));
+        }
+        if !self.workers.submit(task) {
+            self.refuse(
+                id,
+                Refusal::Busy("no thread to decide the request"),
+                DRAIN_TIMEOUT,
+            );
+        }
+    }
+
+    fn on_decided(&mut self, decided: Decided) {
+        if !self.conns.contains_key(&decided.id) {
+            return;
+        }
+        let (response, level, note) = request::answer(&decided.outcome);
+        let job = match decided.outcome {
+            Ok(Accepted::Run(job)) => Some(job),
+            _ => None,
+        };
+        self.answer(decided.id, response, level, note, job, DRAIN_TIMEOUT);
+    }
+
+    fn refuse(&mut self, id: u64, refusal: Refusal, drain: Duration) {
+        let (response, level, note) = request::answer(&Err(refusal));
+        self.answer(id, response, level, note, None, drain);
+    }
+
+    /// Starts the answer; the log line is written once it is out.
+    fn answer(
+        &mut self,
+        id: u64,
+        response: Response,
+        level: Level,
+        note: String,
+        job: Option<Job>,
+        drain: Duration,
+    ) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let closing = Closing::new(response.to_bytes(SystemTime::now()), drain);
+        let deadline = closing.deadline();
+        conn.phase = Phase::Closing(Box::new(Answering {
+            closing,
+            log: Some((level, response.status, note)),
+            job,
+        }));
+        self.set_deadline(id, deadline);
+        self.closing(id, false);
+    }
+
+    /// Drives an answer: writes, then (`readable`) drains.
+    fn closing(&mut self, id: u64, readable: bool) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Phase::Closing(answering) = &mut conn.phase else {
+            return;
+        };
+        let step = if readable {
+            answering.closing.drain(&mut conn.stream, &mut self.discard)
+        } else {
+            answering.closing.write(&mut conn.stream)
+        };
+        self.step(id, step);
+    }
+
+    fn step(&mut self, id: u64, step: Step) {
+        match step {
+            Step::Write => self.watch(id, Some(EpollFlags::EPOLLOUT)),
+            Step::Drain => {
+                self.watch(id, Some(EpollFlags::EPOLLIN));
+                self.refresh_deadline(id);
+            }
+            Step::Written => {
+                self.log_answer(id, None);
+                self.watch(id, Some(EpollFlags::EPOLLIN));
+                self.refresh_deadline(id);
+                self.closing(id, true);
+            }
+            Step::Close(delivered) => {
+                if let Err(e) = delivered {
+                    self.log_answer(id, Some(e));
+                }
+                self.close(id);
+            }
+        }
+    }
+
+    fn refresh_deadline(&mut self, id: u64) {
+        if let Some(Phase::Closing(answering)) = self.conns.get(&id).map(|c| &c.phase) {
+            let at = answering.closing.deadline();
+            self.set_deadline(id, at);
+        }
+    }
+
+    /// The request's one log line, once its answer is out (or failed).
+    fn log_answer(&mut self, id: u64, failed: Option<io::Error>) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Phase::Closing(answering) = &mut conn.phase else {
+            return;
+        };
+        let Some((level, status, note)) = answering.log.take() else {
+            return;
+        };
+        let peer = describe(conn.peer);
+        let line = conn.line.as_deref().unwrap_or("- -");
+        let hook = conn
+            .hook
+            .as_ref()
+            .map_or_else(String::new, |name| format!(" hook {name}"));
+        let delivered =
+            failed.map_or_else(String::new, |e| format!(" (response not delivered: {e})"));
+        log::line(
+            level,
+            format_args!("{peer} {line} {status}{hook}: {note}{delivered}"),
+        );
+        log::status(Last::Request, format_args!("{line} {status}{hook}: {note}"));
+    }
+
+    /// The connection ended before it could be answered.
+    fn lose(&mut self, id: u64, lost: Lost) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let peer = describe(conn.peer);
+        let line = conn.line.clone().or_else(|| match &conn.phase {
+            Phase::Head(reader) => reader
+                .request_line()
+                .map(|(method, target)| request::request_line(method, target)),
+            _ => None,
+        });
+        match (line, &lost) {
+            (None, Lost::Closed) => info!("{peer}: closed without sending a request"),
+            (line, _) => {
+                let line = line.as_deref().unwrap_or("-");
+                warning!("{peer} {line}: no response: {lost}");
+            }
+        }
+        self.close(id);
+    }
+
+    /// Closes connection `id`; starts its job if it has one.
+    fn close(&mut self, id: u64) {
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
+        self.deadlines.remove(&(conn.deadline, id));
+        if conn.watching.is_some() {
+            let _ = self.epoll.delete(conn.stream.as_fd());
+        }
+        self.connections.release(conn.source);
+        self.last_close = Instant::now();
+        drop(conn.stream);
+        self.resume_if_paused();
+        if let Phase::Closing(answering) = conn.phase
+            && let Some(job) = answering.job
+        {
+            self.shared.runner.trigger(job);
+        }
+    }
+
+    /// Acts on every deadline that has passed.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        while let Some(&(at, id)) = self.deadlines.first() {
+            if at > now {
+                return;
+            }
+            self.deadlines.remove(&(at, id));
+            let Some(conn) = self.conns.get(&id) else {
+                continue;
+            };
+            match &conn.phase {
+                Phase::Head(_) | Phase::Body(_) => {
+                    if let Phase::Head(reader) = &conn.phase {
+                        let line = reader
+                            .request_line()
+                            .map(|(m, t)| request::request_line(m, t));
+                        if let Some(conn) = self.conns.get_mut(&id) {
+                            conn.line = conn.line.take().or(line);
+                        }
+                    }
+                    self.refuse(id, Refusal::Timeout, REFUSAL_DRAIN_TIMEOUT);
+                }
+                Phase::Closing(answering) => {
+                    let step = answering.closing.expire();
+                    self.step(id, step);
+                }
+                Phase::Deciding => {}
+            }
+        }
+    }
+}
+
+/// A peer for the log.
+fn describe(peer: Option<SocketAddr>) -> String {
+    peer.map_or_else(|| "unix".to_owned(), |a| a.to_string())
+}
