@@ -175,12 +175,7 @@ impl Case {
         assert!(reply.complete(), "{reply:?}");
         let total: usize = runs.iter().sum();
         self.server.wait_log(" exited 0 after ", total);
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.server.pid() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let (status, log) = self.server.wait(PATIENCE);
+        let (status, log) = self.server.stop();
         assert_eq!(status.code(), Some(0), "{log}");
         for (hook, expected) in ["a", "ab", "gh"].into_iter().zip(runs) {
             assert_eq!(self.f.runs(hook), expected, "runs of hook {hook}:\n{log}");

@@ -246,12 +246,7 @@ fn extra_bytes_after_the_body_do_not_spoil_the_response() {
         assert_eq!(f.runs("a"), i, "{}", server.log());
         assert_eq!(f.read("a.stdin"), body.as_bytes(), "{}", server.log());
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.pid() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let (status, log) = server.wait(PATIENCE);
+    let (status, log) = server.stop();
     assert_eq!(status.code(), Some(0), "{log}");
     assert_eq!(f.runs("a"), REPETITIONS, "{log}");
     assert_eq!(log.matches(" started").count(), REPETITIONS, "{log}");
