@@ -15,8 +15,6 @@ mod support;
 
 use std::fs;
 use std::io::Write;
-use std::net::TcpStream;
-use std::ops::Deref;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -316,32 +314,12 @@ fn hook(f: &Fixture, scheme: Scheme, extra: &str) -> PathBuf {
     secret
 }
 
-/// A server kept from its idle exit by an open connection that sends
-/// nothing, so that a slow test cannot see it exit between two requests.
-struct Served {
-    server: Server,
-    guard: TcpStream,
-}
-
-impl Deref for Served {
-    type Target = Server;
-
-    fn deref(&self) -> &Server {
-        &self.server
-    }
-}
-
-/// Arguments for every server: a short idle time (see [`Served`]) and a long
-/// request deadline, so that the guard connection is never answered 408.
-const ARGS: [&str; 4] = ["--idle-timeout", IDLE, "--request-timeout", "120"];
-
-fn guarded(server: Server) -> Served {
-    let guard = TcpStream::connect(server.addr).unwrap();
-    Served { server, guard }
-}
+/// Arguments for every server: a short idle time; the guard connection of
+/// [`Fixture::serve_guarded`] keeps it from exiting before the test is done.
+const ARGS: [&str; 2] = ["--idle-timeout", IDLE];
 
 fn serve(f: &Fixture) -> Served {
-    guarded(f.serve(&ARGS))
+    f.serve_guarded(&ARGS)
 }
 
 /// Closes the guard, waits for the idle exit, asserts exit 0 and exactly
@@ -358,9 +336,7 @@ fn finish(f: &Fixture, served: Served, runs: usize, stdin: &[u8]) -> String {
 
 /// The part of [`finish`] about the server only.
 fn finish_server(served: Served, runs: usize) -> String {
-    let Served { server, guard } = served;
-    drop(guard);
-    let (status, log) = server.wait(PATIENCE);
+    let (status, log) = served.wait(PATIENCE);
     assert_eq!(status.code(), Some(0), "{log}");
     let count = |what: &str| {
         log.lines()
@@ -1037,12 +1013,12 @@ fn standard_webhooks_replay_refused_across_a_restart() {
     let case = Case::new(StandardWebhooks);
     let delivery = case.deliver(BODY);
 
-    let first = guarded(f.serve_with_env(&ARGS, &env));
+    let first = f.serve_guarded_with_env(&ARGS, &env);
     assert_accepted(&delivery.send(&first), &first);
     finish(&f, first, 1, BODY);
     assert!(runtime.join("webhook-ids").exists());
 
-    let second = guarded(f.serve_with_env(&ARGS, &env));
+    let second = f.serve_guarded_with_env(&ARGS, &env);
     let replay = delivery.send(&second);
     assert_eq!(replay.status(), 401, "{replay:?}\n{}", second.log());
     let fresh = Case::new(StandardWebhooks).deliver(ALTERED);
