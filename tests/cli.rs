@@ -243,7 +243,7 @@ fn token_is_the_hmac_of_the_path_and_the_server_accepts_it() {
         .map(|b| format!("{b:02x}"))
         .collect();
     assert_eq!(token, expected);
-    let server = f.serve(&[]);
+    let server = f.serve_guarded(&[]);
     let bearer = format!("Authorization: Bearer {token}");
     let reply = server.post("/hooks/a", &[&bearer], b"with token");
     assert_eq!(reply.status(), 204, "{reply:?}\n{}", server.log());
@@ -316,7 +316,7 @@ fn sign_output_is_a_header_the_server_accepts_for_each_scheme() {
             &format!("command = [{script:?}]\nauth = \"{scheme}\"\nsecret = {secret_file:?}\n"),
         );
     }
-    let server = f.serve(&[]);
+    let server = f.serve_guarded(&[]);
     let body = b"{\"ref\":\"refs/heads/main\",\"x\":\"\\u0000\"}";
     let body_file = f.dir.join("body.json");
     fs::write(&body_file, body).unwrap();
