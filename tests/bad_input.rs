@@ -20,9 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
-
 use support::harness::*;
 
 /// The hooks' largest body (hook `a`).
@@ -96,16 +93,9 @@ impl Case {
 
     /// `X-Hub-Signature-256` for `body` signed with `secret`.
     fn github(&self, secret: &str, body: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(body);
-        let hex: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        self.secrets.borrow_mut().push(hex.clone());
-        format!("X-Hub-Signature-256: sha256={hex}")
+        let mac = hex(&hmac_sha256(secret.as_bytes(), body));
+        self.secrets.borrow_mut().push(mac.clone());
+        format!("X-Hub-Signature-256: sha256={mac}")
     }
 
     /// Records a credential that must not be logged.
@@ -561,26 +551,6 @@ refused! {
     // A broken hook file answers 500; the good hook next to it still works.
     broken_hook_file: |c| post("/hooks/broken", &[&format!("Authorization: Bearer {}", c.token_prefix)], b"body")
         => status(500).logs("POST /hooks/broken 500 hook broken: hook misconfigured");
-}
-
-/// Standard base64 with padding, for Basic credentials.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 // Positive controls: what the refusals above are measured against.

@@ -1,4 +1,4 @@
-//! Commands (DESIGN.md decision 4), through the real binary over real TCP:
+//! Commands (sockhook(8), "THE COMMAND'S ENVIRONMENT"), through the real binary over real TCP:
 //! one run per accepted request, the body byte for byte on stdin, exactly the
 //! allowlisted environment, answer before acting, timeouts that kill the whole
 //! process group, single flight with coalescing, failures in the exit code,
@@ -302,7 +302,7 @@ fn environment_is_exactly_the_allowlist() {
         "the canary is not in the server's environment"
     );
     let body = br#"{"ref":"refs/heads/main"}"#;
-    let signature = signature_header("github", &secret, body);
+    let signature = github_signature(b"it's a secret", body);
     let reply = server.post(
         "/hooks/envgh?x=1&y=two",
         &[

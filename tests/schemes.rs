@@ -22,8 +22,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 
 use support::harness::*;
 
@@ -38,17 +36,7 @@ const ALTERED: &[u8] = br#"{"ref":"refs/heads/evil","after":"0f1e2d3c"}"#;
 const PATH: &str = "/hooks/h";
 
 // ---------------------------------------------------------------------------
-// Signing, independently of sockhook.
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+// Signing, independently of sockhook (with the harness's `hmac_sha256` and `hex`).
 
 fn now() -> u64 {
     SystemTime::now()
@@ -1163,6 +1151,32 @@ fn curl_signed(name: &str, scheme: Scheme) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+    // `sign` against an independent signer first: the server shares its code.
+    let printed = String::from_utf8(out.stdout.clone()).unwrap();
+    let field = |name: &str| {
+        printed.lines().find_map(|l| {
+            let (n, v) = l.split_once(": ")?;
+            n.eq_ignore_ascii_case(name).then(|| v.to_owned())
+        })
+    };
+    let mut case = Case::new(scheme);
+    if scheme == StandardWebhooks {
+        case.id = field("webhook-id").expect("a webhook-id line");
+        case.timestamp = field("webhook-timestamp")
+            .and_then(|t| t.parse().ok())
+            .expect("a webhook-timestamp line");
+        assert!(
+            case.timestamp.abs_diff(now()) <= 60,
+            "timestamp {} is not now:\n{printed}",
+            case.timestamp
+        );
+    }
+    assert_eq!(
+        field(scheme.header()),
+        Some(case.value(&scheme.secret(), BODY)),
+        "sockhook sign --scheme {}:\n{printed}",
+        scheme.name()
+    );
     fs::write(&headers, &out.stdout).unwrap();
     let server = serve(&f);
     let (status, stderr) = curl(&[

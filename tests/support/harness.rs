@@ -578,7 +578,41 @@ impl Served {
     }
 }
 
-/// The header line `sockhook sign --scheme SCHEME --secret FILE` prints for `body`.
+/// HMAC-SHA256 of `data` under `key`, with the hmac and sha2 crates: what a
+/// test sends is computed independently of `sockhook::verify` and of
+/// `sockhook sign`, so that a bug shared by sockhook's signer and its checker
+/// cannot make a test pass.
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Lower-case hex, as GitHub, Gitea and the tokens write a MAC. (There is no
+/// hex crate among sockhook's dependencies, and this is all of it.)
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Standard base64 with padding (Basic credentials), from the base64 crate.
+pub fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The `X-Hub-Signature-256` header line GitHub sends for `body` signed with
+/// `secret`, computed here (see [`hmac_sha256`]).
+pub fn github_signature(secret: &[u8], body: &[u8]) -> String {
+    format!(
+        "X-Hub-Signature-256: sha256={}",
+        hex(&hmac_sha256(secret, body))
+    )
+}
+
+/// The header line `sockhook sign --scheme SCHEME --secret FILE` prints for
+/// `body`: for tests of `sockhook sign` itself, which compare it with
+/// [`hmac_sha256`]; a test that needs a valid signature computes it itself.
 pub fn signature_header(scheme: &str, secret: &Path, body: &[u8]) -> String {
     let mut child = Command::new(BIN)
         .args(["sign", "--scheme", scheme, "--secret"])
