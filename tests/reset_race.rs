@@ -1,6 +1,6 @@
-//! The RST race (REFERENCE.md, "Closing a connection without losing the
-//! response"): a server that closes a connection with unread request bytes
-//! makes the kernel send RST, which can destroy the response already written.
+//! The RST race (hyper#3078; RFC 1122 §4.2.2.13, RFC 9112 §9.6; the fix is in
+//! `src/respond.rs`): a server that closes a connection with unread request
+//! bytes makes the kernel send RST, which can destroy the response already written.
 //! sockhook answers early (413 from the length, 404 from the path) while the
 //! client is still sending a 1 MiB body, so only its half-close and drain keep
 //! the response intact. The clients here write the whole request before they
