@@ -772,8 +772,10 @@ fn slow_client_gets_408_at_the_deadline() {
     writer.join().unwrap();
     drop(stream);
     rest.bytes.splice(0..0, first[..n].iter().copied());
+    // The whole request takes over 30 s at this pace: an answer within 10 s can
+    // only be the deadline's (and not before 1 s), however loaded the machine.
     assert!(
-        elapsed >= Duration::from_millis(900) && elapsed <= Duration::from_secs(3),
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(10),
         "408 after {elapsed:?}, not about 1 s"
     );
     case.refused(

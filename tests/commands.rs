@@ -88,7 +88,7 @@ fn group_members(pgid: i32) -> Vec<i32> {
 /// Waits (bounded) until none of `pids` and no member of group `pgid` is alive;
 /// `log` gives the server's log for the message.
 fn assert_all_dead(pids: &[i32], pgid: i32, log: &dyn Fn() -> String) {
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + PATIENCE;
     loop {
         let living: Vec<i32> = pids.iter().copied().filter(|&p| alive(p)).collect();
         let members = group_members(pgid);

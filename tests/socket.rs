@@ -45,6 +45,8 @@ fn listening_socket_on_fd3_serves_until_idle_then_exits_0() {
 fn idle_exit_waits_for_a_running_command() {
     let f = Fixture::new("idle-waits");
     let d = f.dir.display();
+    // A run five times the idle time: a server that did not wait for it would
+    // exit first. A correct one passes however slow the machine is.
     let script = f.script("slow.sh", &format!("sleep 1\necho done > {d}/slow.done"));
     f.hook(
         "slow",

@@ -651,6 +651,7 @@ fn flood_one(addr: SocketAddr, kind: Flood, seed: u64) -> String {
         Flood::Slow => b"GET /flood HTTP/1.1\r\nHost: flood\r\n\r\n"
             .iter()
             .try_for_each(|b| {
+                // Pacing the client (a slow sender), not waiting for anything.
                 thread::sleep(Duration::from_millis(100));
                 stream.write_all(&[*b])
             }),
