@@ -379,7 +379,10 @@ cat r*"#
 
     // Every accepted request runs its command, unless it was coalesced: a trigger that
     // arrives while a run is in progress waits, and a newer one replaces it (logged as
-    // "queued run replaced"). So: lines recorded + replacements = 100, no body twice.
+    // "queued run replaced"); a trigger older than one already run or queued, whose
+    // client closed later, is dropped ("not run: a newer request"; commands.rs,
+    // a_lingering_older_request_never_runs_after_a_newer_one). So: lines recorded +
+    // coalesced = 100, no body twice.
     let (lines, replaced) = sys.wait(
         "every command run (or its coalescing) to be recorded",
         PATIENCE,
@@ -390,10 +393,13 @@ cat r*"#
                 .lines()
                 .map(str::to_string)
                 .collect();
-            let replaced = sys
-                .log("sockhook.service")
+            let log = sys.log("sockhook.service");
+            let replaced = log
                 .matches("queued run replaced by a newer request")
-                .count();
+                .count()
+                + log
+                    .matches("not run: a newer request was already run or queued")
+                    .count();
             (lines.len() + replaced >= 100).then_some((lines, replaced))
         },
     );
