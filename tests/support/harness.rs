@@ -2,6 +2,13 @@
 //! (listening socket on fd 3, `LISTEN_FDS=1`, `LISTEN_PID` set in the child), or
 //! with `--listen`, or with a connected socket (`Accept=yes`), and talks to it
 //! over TCP.
+//!
+//! Every wait is bounded ([`PATIENCE`]) and waits for a condition, never for
+//! time. A server with a short `--idle-timeout` that gets more than one request
+//! is started guarded ([`Fixture::serve_guarded`], [`Served`]), so that a slow
+//! machine cannot see it exit in between; [`Server::stop`] stops one as
+//! `systemctl stop` does. What tests send is signed here ([`hmac_sha256`]),
+//! independently of sockhook.
 
 #![allow(unsafe_code)]
 
