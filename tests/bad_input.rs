@@ -20,9 +20,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
-
 use support::harness::*;
 
 /// The hooks' largest body (hook `a`).
@@ -96,16 +93,9 @@ impl Case {
 
     /// `X-Hub-Signature-256` for `body` signed with `secret`.
     fn github(&self, secret: &str, body: &[u8]) -> String {
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-        mac.update(body);
-        let hex: String = mac
-            .finalize()
-            .into_bytes()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        self.secrets.borrow_mut().push(hex.clone());
-        format!("X-Hub-Signature-256: sha256={hex}")
+        let mac = hex(&hmac_sha256(secret.as_bytes(), body));
+        self.secrets.borrow_mut().push(mac.clone());
+        format!("X-Hub-Signature-256: sha256={mac}")
     }
 
     /// Records a credential that must not be logged.
@@ -175,12 +165,7 @@ impl Case {
         assert!(reply.complete(), "{reply:?}");
         let total: usize = runs.iter().sum();
         self.server.wait_log(" exited 0 after ", total);
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.server.pid() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let (status, log) = self.server.wait(PATIENCE);
+        let (status, log) = self.server.stop();
         assert_eq!(status.code(), Some(0), "{log}");
         for (hook, expected) in ["a", "ab", "gh"].into_iter().zip(runs) {
             assert_eq!(self.f.runs(hook), expected, "runs of hook {hook}:\n{log}");
@@ -568,26 +553,6 @@ refused! {
         => status(500).logs("POST /hooks/broken 500 hook broken: hook misconfigured");
 }
 
-/// Standard base64 with padding, for Basic credentials.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 // Positive controls: what the refusals above are measured against.
 
 #[test]
@@ -807,8 +772,10 @@ fn slow_client_gets_408_at_the_deadline() {
     writer.join().unwrap();
     drop(stream);
     rest.bytes.splice(0..0, first[..n].iter().copied());
+    // The whole request takes over 30 s at this pace: an answer within 10 s can
+    // only be the deadline's (and not before 1 s), however loaded the machine.
     assert!(
-        elapsed >= Duration::from_millis(900) && elapsed <= Duration::from_secs(3),
+        elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(10),
         "408 after {elapsed:?}, not about 1 s"
     );
     case.refused(

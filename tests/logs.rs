@@ -12,7 +12,9 @@ use std::process::Stdio;
 use support::harness::*;
 
 /// Runs sockhook on fd 3 with stderr on a pipe; `journal` sets JOURNAL_STREAM
-/// to that pipe's DEV:INO (as systemd does) or to another stream's.
+/// to that pipe's DEV:INO (as systemd does) or to another stream's. A guard
+/// connection (see `Served` in the harness) keeps it from its idle exit until
+/// `requests` is done.
 fn serve_logging(
     f: &Fixture,
     journal: Option<bool>,
@@ -20,9 +22,16 @@ fn serve_logging(
 ) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
+    // Waits in the backlog before sockhook starts: the first connection it accepts.
+    let guard = std::net::TcpStream::connect(addr).unwrap();
     let (mut reader, writer) = std::io::pipe().unwrap();
     let meta = std::fs::metadata(format!("/proc/self/fd/{}", writer.as_raw_fd())).unwrap();
-    let mut command = f.activation(&["--idle-timeout", "0.3"]);
+    let mut command = f.activation(&[
+        "--idle-timeout",
+        "0.3",
+        "--request-timeout",
+        GUARD_REQUEST_TIMEOUT,
+    ]);
     command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -36,10 +45,15 @@ fn serve_logging(
         None => command.env_remove("JOURNAL_STREAM"),
     };
     let mut child = spawn_with_fd3(command, listener.as_raw_fd());
+    // The pipe's write end went with `command`: EOF comes when sockhook exits.
+    let collector = std::thread::spawn(move || {
+        let mut log = String::new();
+        reader.read_to_string(&mut log).map(|_| log)
+    });
     requests(addr);
-    let status = child.wait().unwrap();
-    let mut log = String::new();
-    reader.read_to_string(&mut log).unwrap();
+    drop(guard);
+    let status = wait_within(&mut child, PATIENCE);
+    let log = collector.join().unwrap().unwrap();
     assert!(status.success(), "{status:?}\n{log}");
     // Start-up, the two requests, the exit: a log this short means it went elsewhere.
     assert!(log.lines().count() >= 4, "{log}");
@@ -106,7 +120,7 @@ fn no_priorities_when_stderr_is_not_the_journal_stream() {
 #[test]
 fn peer_bytes_are_escaped_and_truncated() {
     let f = fixture("escaped");
-    let server = f.serve(&["--idle-timeout", "0.3"]);
+    let server = f.serve_guarded(&["--idle-timeout", "0.3"]);
     let long = "b".repeat(300);
     let reply = server.request(
         format!(
@@ -114,7 +128,8 @@ fn peer_bytes_are_escaped_and_truncated() {
         )
         .as_bytes(),
     );
-    let (_, log) = server.wait(PATIENCE);
+    let (status, log) = server.wait(PATIENCE);
+    assert_eq!(status.code(), Some(0), "{log}");
     // httparse refuses the ESC byte; the refused request line is still logged.
     assert_eq!(reply.status(), 400, "{reply:?}");
     assert!(
@@ -130,16 +145,19 @@ fn the_server_key_and_tokens_never_reach_the_log() {
     let f = fixture("no-secret");
     let key = std::fs::read_to_string(&f.key).unwrap();
     let token = f.token("/hooks/a");
-    let server = f.serve(&["--idle-timeout", "0.3"]);
+    let server = f.serve_guarded(&["--idle-timeout", "0.3"]);
     for auth in [
         format!("Bearer {token}"),
         format!("Bearer {}", &token[..60]),
         format!("Bearer {}", key.trim()),
     ] {
-        server.post("/hooks/a", &[&format!("Authorization: {auth}")], b"");
+        let reply = server.post("/hooks/a", &[&format!("Authorization: {auth}")], b"");
+        assert!(reply.complete(), "{reply:?}\n{}", server.log());
     }
-    let (_, log) = server.wait(PATIENCE);
-    assert!(log.contains(" 204 ") && log.contains(" 401 "), "{log}");
+    let (status, log) = server.wait(PATIENCE);
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(log.matches("POST /hooks/a 204 ").count(), 1, "{log}");
+    assert_eq!(log.matches("POST /hooks/a 401 ").count(), 2, "{log}");
     for secret in [key.trim(), &token, &token[..60]] {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }

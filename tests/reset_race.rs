@@ -1,6 +1,6 @@
-//! The RST race (REFERENCE.md, "Closing a connection without losing the
-//! response"): a server that closes a connection with unread request bytes
-//! makes the kernel send RST, which can destroy the response already written.
+//! The RST race (hyper#3078; RFC 1122 §4.2.2.13, RFC 9112 §9.6; the fix is in
+//! `src/respond.rs`): a server that closes a connection with unread request
+//! bytes makes the kernel send RST, which can destroy the response already written.
 //! sockhook answers early (413 from the length, 404 from the path) while the
 //! client is still sending a 1 MiB body, so only its half-close and drain keep
 //! the response intact. The clients here write the whole request before they
@@ -246,12 +246,7 @@ fn extra_bytes_after_the_body_do_not_spoil_the_response() {
         assert_eq!(f.runs("a"), i, "{}", server.log());
         assert_eq!(f.read("a.stdin"), body.as_bytes(), "{}", server.log());
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.pid() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let (status, log) = server.wait(PATIENCE);
+    let (status, log) = server.stop();
     assert_eq!(status.code(), Some(0), "{log}");
     assert_eq!(f.runs("a"), REPETITIONS, "{log}");
     assert_eq!(log.matches(" started").count(), REPETITIONS, "{log}");

@@ -15,8 +15,6 @@ mod support;
 
 use std::fs;
 use std::io::Write;
-use std::net::TcpStream;
-use std::ops::Deref;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,8 +22,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 
 use support::harness::*;
 
@@ -40,17 +36,7 @@ const ALTERED: &[u8] = br#"{"ref":"refs/heads/evil","after":"0f1e2d3c"}"#;
 const PATH: &str = "/hooks/h";
 
 // ---------------------------------------------------------------------------
-// Signing, independently of sockhook.
-
-fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key).unwrap();
-    mac.update(data);
-    mac.finalize().into_bytes().to_vec()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
+// Signing, independently of sockhook (with the harness's `hmac_sha256` and `hex`).
 
 fn now() -> u64 {
     SystemTime::now()
@@ -316,32 +302,12 @@ fn hook(f: &Fixture, scheme: Scheme, extra: &str) -> PathBuf {
     secret
 }
 
-/// A server kept from its idle exit by an open connection that sends
-/// nothing, so that a slow test cannot see it exit between two requests.
-struct Served {
-    server: Server,
-    guard: TcpStream,
-}
-
-impl Deref for Served {
-    type Target = Server;
-
-    fn deref(&self) -> &Server {
-        &self.server
-    }
-}
-
-/// Arguments for every server: a short idle time (see [`Served`]) and a long
-/// request deadline, so that the guard connection is never answered 408.
-const ARGS: [&str; 4] = ["--idle-timeout", IDLE, "--request-timeout", "120"];
-
-fn guarded(server: Server) -> Served {
-    let guard = TcpStream::connect(server.addr).unwrap();
-    Served { server, guard }
-}
+/// Arguments for every server: a short idle time; the guard connection of
+/// [`Fixture::serve_guarded`] keeps it from exiting before the test is done.
+const ARGS: [&str; 2] = ["--idle-timeout", IDLE];
 
 fn serve(f: &Fixture) -> Served {
-    guarded(f.serve(&ARGS))
+    f.serve_guarded(&ARGS)
 }
 
 /// Closes the guard, waits for the idle exit, asserts exit 0 and exactly
@@ -358,9 +324,7 @@ fn finish(f: &Fixture, served: Served, runs: usize, stdin: &[u8]) -> String {
 
 /// The part of [`finish`] about the server only.
 fn finish_server(served: Served, runs: usize) -> String {
-    let Served { server, guard } = served;
-    drop(guard);
-    let (status, log) = server.wait(PATIENCE);
+    let (status, log) = served.wait(PATIENCE);
     assert_eq!(status.code(), Some(0), "{log}");
     let count = |what: &str| {
         log.lines()
@@ -1037,12 +1001,12 @@ fn standard_webhooks_replay_refused_across_a_restart() {
     let case = Case::new(StandardWebhooks);
     let delivery = case.deliver(BODY);
 
-    let first = guarded(f.serve_with_env(&ARGS, &env));
+    let first = f.serve_guarded_with_env(&ARGS, &env);
     assert_accepted(&delivery.send(&first), &first);
     finish(&f, first, 1, BODY);
     assert!(runtime.join("webhook-ids").exists());
 
-    let second = guarded(f.serve_with_env(&ARGS, &env));
+    let second = f.serve_guarded_with_env(&ARGS, &env);
     let replay = delivery.send(&second);
     assert_eq!(replay.status(), 401, "{replay:?}\n{}", second.log());
     let fresh = Case::new(StandardWebhooks).deliver(ALTERED);
@@ -1187,6 +1151,32 @@ fn curl_signed(name: &str, scheme: Scheme) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+    // `sign` against an independent signer first: the server shares its code.
+    let printed = String::from_utf8(out.stdout.clone()).unwrap();
+    let field = |name: &str| {
+        printed.lines().find_map(|l| {
+            let (n, v) = l.split_once(": ")?;
+            n.eq_ignore_ascii_case(name).then(|| v.to_owned())
+        })
+    };
+    let mut case = Case::new(scheme);
+    if scheme == StandardWebhooks {
+        case.id = field("webhook-id").expect("a webhook-id line");
+        case.timestamp = field("webhook-timestamp")
+            .and_then(|t| t.parse().ok())
+            .expect("a webhook-timestamp line");
+        assert!(
+            case.timestamp.abs_diff(now()) <= 60,
+            "timestamp {} is not now:\n{printed}",
+            case.timestamp
+        );
+    }
+    assert_eq!(
+        field(scheme.header()),
+        Some(case.value(&scheme.secret(), BODY)),
+        "sockhook sign --scheme {}:\n{printed}",
+        scheme.name()
+    );
     fs::write(&headers, &out.stdout).unwrap();
     let server = serve(&f);
     let (status, stderr) = curl(&[

@@ -7,7 +7,6 @@ use std::net::{TcpListener, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixListener;
 use std::process::Command;
-use std::time::Duration;
 
 use support::harness::*;
 
@@ -21,7 +20,7 @@ fn token_hook(f: &Fixture, name: &str) -> String {
 fn listening_socket_on_fd3_serves_until_idle_then_exits_0() {
     let f = Fixture::new("fd3");
     let token = token_hook(&f, "a");
-    let server = f.serve(&["--idle-timeout", "0.5"]);
+    let server = f.serve_guarded(&["--idle-timeout", "0.5"]);
     for i in 1..=3 {
         let reply = server.post(
             "/hooks/a",
@@ -46,13 +45,15 @@ fn listening_socket_on_fd3_serves_until_idle_then_exits_0() {
 fn idle_exit_waits_for_a_running_command() {
     let f = Fixture::new("idle-waits");
     let d = f.dir.display();
+    // A run five times the idle time: a server that did not wait for it would
+    // exit first. A correct one passes however slow the machine is.
     let script = f.script("slow.sh", &format!("sleep 1\necho done > {d}/slow.done"));
     f.hook(
         "slow",
         &format!("command = [{script:?}]\nauth = \"token\"\n"),
     );
     let token = f.token("/hooks/slow");
-    let server = f.serve(&["--idle-timeout", "0.2"]);
+    let server = f.serve_guarded(&["--idle-timeout", "0.2"]);
     let reply = server.post(
         "/hooks/slow",
         &[&format!("Authorization: Bearer {token}")],
@@ -74,10 +75,11 @@ fn ipv6_listening_socket_on_fd3_is_served() {
     let token = token_hook(&f, "a");
     let listener = TcpListener::bind("[::1]:0").expect("IPv6 loopback");
     let addr = listener.local_addr().unwrap();
+    // Connected before sockhook starts, as under systemd: it cannot exit idle first.
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
     let mut command = f.activation(&["--idle-timeout", "0.3"]);
     command.stderr(std::process::Stdio::piped());
     let child = spawn_with_fd3(command, listener.as_raw_fd());
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
     let reply = exchange(
         &mut stream,
         &post(
@@ -87,7 +89,7 @@ fn ipv6_listening_socket_on_fd3_is_served() {
         ),
     );
     assert_eq!(reply.status(), 204, "{reply:?}");
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(child, PATIENCE);
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{log}");
     assert!(log.contains("listening on [::1]:"), "{log}");
@@ -136,10 +138,12 @@ fn unix_listening_socket_is_served() {
     let token = token_hook(&f, "a");
     let path = f.dir.join("sock");
     let listener = UnixListener::bind(&path).unwrap();
+    // Connected before sockhook starts, as under systemd: it cannot exit idle first.
+    let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
     let mut command = f.activation(&["--idle-timeout", "0.5"]);
     command.stderr(std::process::Stdio::piped());
     let child = spawn_with_fd3(command, listener.as_raw_fd());
-    let mut stream = std::os::unix::net::UnixStream::connect(&path).unwrap();
     use std::io::{Read, Write};
     stream
         .write_all(&post(
@@ -151,13 +155,10 @@ fn unix_listening_socket_is_served() {
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 204 "), "{response}");
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = output_within(child, PATIENCE);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    assert_eq!(f.runs("a"), 1, "{log}");
 }
 
 /// Starts `sockhook serve` with `fd` on fd 3 and the given LISTEN_* values; returns (code, stderr).
@@ -183,7 +184,7 @@ fn start_with(fd: i32, listen_pid: Option<&str>, listen_fds: &str) -> (Option<i3
         .env_remove("LISTEN_PID")
         .stderr(std::process::Stdio::piped());
     let child = spawn_with_fd3(command, fd);
-    let out = child.wait_with_output().unwrap();
+    let out = output_within(child, PATIENCE);
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -253,7 +254,7 @@ fn command_inherits_no_fd_and_no_activation_variable() {
         "env",
         &format!("command = [{env_script:?}]\nauth = \"token\"\n"),
     );
-    let server = f.serve(&["--idle-timeout", "0.3"]);
+    let server = f.serve_guarded(&["--idle-timeout", "0.3"]);
     for name in ["fds", "env"] {
         let token = f.token(&format!("/hooks/{name}"));
         let reply = server.post(
@@ -261,9 +262,11 @@ fn command_inherits_no_fd_and_no_activation_variable() {
             &[&format!("Authorization: Bearer {token}")],
             b"body",
         );
-        assert_eq!(reply.status(), 204);
+        assert_eq!(reply.status(), 204, "{reply:?}\n{}", server.log());
     }
-    let (_, log) = server.wait(PATIENCE);
+    let (status, log) = server.wait(PATIENCE);
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(f.runs("env"), 1, "{log}");
     let listing = String::from_utf8(f.read("fds")).unwrap();
     let fds: Vec<&str> = listing.lines().filter(|l| l.contains(" -> ")).collect();
     assert!(fds.len() >= 3, "{listing}\n{log}");
@@ -286,12 +289,7 @@ fn sigterm_stops_accepting_and_exits_cleanly() {
     token_hook(&f, "a");
     let server = f.serve(&[]);
     server.wait_log("listening on", 1);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(server.pid() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let (status, log) = server.wait(Duration::from_secs(5));
+    let (status, log) = server.stop();
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(log.contains("received SIGTERM"), "{log}");
     assert!(log.contains("exiting (stopped)"), "{log}");

@@ -2,6 +2,13 @@
 //! (listening socket on fd 3, `LISTEN_FDS=1`, `LISTEN_PID` set in the child), or
 //! with `--listen`, or with a connected socket (`Accept=yes`), and talks to it
 //! over TCP.
+//!
+//! Every wait is bounded ([`PATIENCE`]) and waits for a condition, never for
+//! time. A server with a short `--idle-timeout` that gets more than one request
+//! is started guarded ([`Fixture::serve_guarded`], [`Served`]), so that a slow
+//! machine cannot see it exit in between; [`Server::stop`] stops one as
+//! `systemctl stop` does. What tests send is signed here ([`hmac_sha256`]),
+//! independently of sockhook.
 
 #![allow(unsafe_code)]
 
@@ -12,7 +19,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -110,8 +117,9 @@ impl Fixture {
         (Server::new(child, addr), client)
     }
 
-    /// `sockhook serve --listen 127.0.0.1:PORT`, waiting until it accepts.
-    pub fn serve_listen(&self, args: &[&str]) -> Server {
+    /// `sockhook serve --listen 127.0.0.1:PORT`, waiting until it accepts; the
+    /// connection that found it accepting stays open as the guard (see [`Served`]).
+    pub fn serve_listen(&self, args: &[&str]) -> Served {
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -124,18 +132,21 @@ impl Fixture {
             .arg(&self.hooks)
             .arg("--key")
             .arg(&self.key)
-            .args(args);
-        let server = Server::new(spawn(command), addr);
+            .args(guarded_args(args));
+        let mut server = Server::new(spawn(command), addr);
         let deadline = Instant::now() + PATIENCE;
-        while TcpStream::connect(addr).is_err() {
+        let guard = loop {
+            if let Ok(stream) = TcpStream::connect(addr) {
+                break stream;
+            }
             assert!(
-                Instant::now() < deadline,
+                server.running() && Instant::now() < deadline,
                 "--listen never accepted: {}",
                 server.log()
             );
             thread::sleep(Duration::from_millis(10));
-        }
-        server
+        };
+        Served { server, guard }
     }
 
     /// `sockhook serve --hooks … --key …` plus `args`, with `LISTEN_FDS=1` and
@@ -177,6 +188,63 @@ pub fn spawn_with_fd3(mut command: Command, fd: RawFd) -> Child {
         });
     }
     command.spawn().unwrap()
+}
+
+/// Waits for `child` to exit; kills it and panics after `within`.
+pub fn wait_within(child: &mut Child, within: Duration) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("process {} did not exit within {within:?}", child.id());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// [`Child::wait_with_output`], bounded: reads stdout and stderr (where piped)
+/// while it waits; kills the child and panics with its stderr after `within`.
+pub fn output_within(mut child: Child, within: Duration) -> Output {
+    fn collect(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    }
+    let stdout = collect(child.stdout.take());
+    let stderr = collect(child.stderr.take());
+    let deadline = Instant::now() + within;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    };
+    let (stdout, stderr) = (stdout.join().unwrap(), stderr.join().unwrap());
+    match status {
+        Some(status) => Output {
+            status,
+            stdout,
+            stderr,
+        },
+        None => panic!(
+            "process {} did not exit within {within:?}; stderr:\n{}",
+            child.id(),
+            String::from_utf8_lossy(&stderr)
+        ),
+    }
 }
 
 fn spawn(command: Command) -> Child {
@@ -258,6 +326,21 @@ impl Server {
         (status, self.log())
     }
 
+    /// Stops the server as `systemctl stop` does: SIGTERM, then waits for the
+    /// exit (at most [`PATIENCE`]; after that it is killed and the test fails).
+    /// Returns the exit status and the whole log, as [`Server::wait`] does.
+    ///
+    /// sockhook finishes the connections in progress before it exits, so a
+    /// connection the test still holds open (a [`Served`] guard) delays the
+    /// exit: stop a guarded server with [`Served::stop`].
+    pub fn stop(self) -> (ExitStatus, String) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM) {
+            panic!("cannot send SIGTERM to sockhook {pid}: {e}\n{}", self.log());
+        }
+        self.wait(PATIENCE)
+    }
+
     /// Whether the process is still running.
     pub fn running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
@@ -270,8 +353,20 @@ impl Server {
 
     /// Sends a whole request, then reads the whole response.
     pub fn request(&self, bytes: &[u8]) -> Reply {
-        let mut stream = TcpStream::connect(self.addr).unwrap();
+        let mut stream = self.connect();
         exchange(&mut stream, bytes)
+    }
+
+    /// A new connection to the server; panics with the log if there is none
+    /// (most likely the server has exited: see [`Served`]).
+    pub fn connect(&self) -> TcpStream {
+        TcpStream::connect(self.addr).unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to sockhook at {}: {e}\n{}",
+                self.addr,
+                self.log()
+            )
+        })
     }
 
     /// A POST with `headers` (lines without CRLF) and `body`.
@@ -402,6 +497,29 @@ impl Fixture {
     /// [`Fixture::serve`] with `env` added to the server's own environment.
     pub fn serve_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        self.serve_on(&listener, args, env)
+    }
+
+    /// [`Fixture::serve`], kept from its idle exit by a guard connection until
+    /// the test lets go of it (see [`Served`]). For every server started with a
+    /// short `--idle-timeout` that is sent more than one request, or that the
+    /// test may reach late.
+    pub fn serve_guarded(&self, args: &[&str]) -> Served {
+        self.serve_guarded_with_env(args, &[])
+    }
+
+    /// [`Fixture::serve_guarded`] with `env` added to the server's environment.
+    pub fn serve_guarded_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Served {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        // Connected before sockhook exists: the guard waits in the backlog and is
+        // the first connection sockhook accepts, so it is never running and idle.
+        let guard = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let server = self.serve_on(&listener, &guarded_args(args), env);
+        Served { server, guard }
+    }
+
+    /// Starts sockhook with `listener` on fd 3; the test's copy closes on return.
+    fn serve_on(&self, listener: &TcpListener, args: &[&str], env: &[(&str, &str)]) -> Server {
         let addr = listener.local_addr().unwrap();
         let mut command = piped(self.activation(args));
         command.envs(env.iter().copied());
@@ -410,7 +528,98 @@ impl Fixture {
     }
 }
 
-/// The header line `sockhook sign --scheme SCHEME --secret FILE` prints for `body`.
+/// Request deadline given to guarded servers (seconds): longer than any test,
+/// so that the guard, which never sends a request, is not answered 408 and
+/// closed while the test still counts on it.
+pub const GUARD_REQUEST_TIMEOUT: &str = "120";
+
+/// `--request-timeout GUARD_REQUEST_TIMEOUT`, then `args`: a `--request-timeout`
+/// of the test's own comes later and wins (and then also bounds the guard).
+fn guarded_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
+    let mut all = vec!["--request-timeout", GUARD_REQUEST_TIMEOUT];
+    all.extend_from_slice(args);
+    all
+}
+
+/// A server kept from its idle exit by a guard: an open connection that sends
+/// nothing. sockhook does not exit idle while any connection is open, so with a
+/// short `--idle-timeout` a slow machine (or a test that takes its time between
+/// two requests) cannot see it exit before the first request or between two of
+/// them. It exits idle only after the test lets go: [`Served::release`],
+/// [`Served::wait`], [`Served::stop`].
+///
+/// Everything else of [`Server`] is reached through `Deref`. The guard is an
+/// ordinary connection: sockhook logs one line for it when it closes
+/// (`closed without sending a request`), it counts towards the connection
+/// limit, and it would be answered 408 at the request deadline, which is why
+/// guarded servers get `--request-timeout` [`GUARD_REQUEST_TIMEOUT`].
+pub struct Served {
+    server: Server,
+    guard: TcpStream,
+}
+
+impl std::ops::Deref for Served {
+    type Target = Server;
+
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl Served {
+    /// Closes the guard: from now on the server exits once it is idle.
+    pub fn release(self) -> Server {
+        let Served { server, guard } = self;
+        drop(guard);
+        server
+    }
+
+    /// Closes the guard, then waits for the idle exit ([`Server::wait`]).
+    pub fn wait(self, within: Duration) -> (ExitStatus, String) {
+        self.release().wait(within)
+    }
+
+    /// Closes the guard, then stops the server ([`Server::stop`]).
+    pub fn stop(self) -> (ExitStatus, String) {
+        self.release().stop()
+    }
+}
+
+/// HMAC-SHA256 of `data` under `key`, with the hmac and sha2 crates: what a
+/// test sends is computed independently of `sockhook::verify` and of
+/// `sockhook sign`, so that a bug shared by sockhook's signer and its checker
+/// cannot make a test pass.
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> Vec<u8> {
+    use hmac::{KeyInit, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(data);
+    mac.finalize().into_bytes().to_vec()
+}
+
+/// Lower-case hex, as GitHub, Gitea and the tokens write a MAC. (There is no
+/// hex crate among sockhook's dependencies, and this is all of it.)
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Standard base64 with padding (Basic credentials), from the base64 crate.
+pub fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The `X-Hub-Signature-256` header line GitHub sends for `body` signed with
+/// `secret`, computed here (see [`hmac_sha256`]).
+pub fn github_signature(secret: &[u8], body: &[u8]) -> String {
+    format!(
+        "X-Hub-Signature-256: sha256={}",
+        hex(&hmac_sha256(secret, body))
+    )
+}
+
+/// The header line `sockhook sign --scheme SCHEME --secret FILE` prints for
+/// `body`: for tests of `sockhook sign` itself, which compare it with
+/// [`hmac_sha256`]; a test that needs a valid signature computes it itself.
 pub fn signature_header(scheme: &str, secret: &Path, body: &[u8]) -> String {
     let mut child = Command::new(BIN)
         .args(["sign", "--scheme", scheme, "--secret"])
