@@ -105,7 +105,35 @@ impl fmt::Display for Problem {
     }
 }
 
-/// All hooks of a directory: the valid ones and the broken ones with their problems.
+/// What a file looked like when it was read; `None` stands for a file that
+/// was not there. Any change to its contents, its inode or its permissions
+/// changes the stamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    /// The stamp of `path` now, or `None` if it cannot be looked at.
+    pub fn of(path: &Path) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = fs::metadata(path).ok()?;
+        Some(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// All hooks of a directory: the valid ones and the broken ones with their
+/// problems, and what the files they were read from looked like.
 #[derive(Debug, Default)]
 pub struct Hooks {
     entries: BTreeMap<String, Result<Arc<Hook>, Problem>>,
@@ -113,6 +141,12 @@ pub struct Hooks {
     pub general: Vec<Problem>,
     /// Files that were skipped because their names do not make a hook.
     pub skipped: Vec<PathBuf>,
+    /// Where they were loaded from.
+    dir: PathBuf,
+    credentials: Option<PathBuf>,
+    dir_stamp: Option<Stamp>,
+    /// The files each hook was read from (its file, its secret), with their stamps.
+    files: BTreeMap<String, Vec<(PathBuf, Option<Stamp>)>>,
 }
 
 impl Hooks {
@@ -135,6 +169,26 @@ impl Hooks {
             .chain(self.entries.values().filter_map(|e| e.as_ref().err()))
     }
 
+    /// The problem that leaves no hook at all: the directory cannot be read.
+    pub fn unavailable(&self) -> Option<&Problem> {
+        self.general.first()
+    }
+
+    /// Whether the directory, or a file the hook `name` was read from, has
+    /// changed since: then [`Hooks::reload`] sees what a new activation would.
+    pub fn changed(&self, name: Option<&str>) -> bool {
+        if Stamp::of(&self.dir) != self.dir_stamp {
+            return true;
+        }
+        let files = name.and_then(|n| self.files.get(n));
+        files.is_some_and(|files| files.iter().any(|(path, stamp)| Stamp::of(path) != *stamp))
+    }
+
+    /// The hooks as they are now, from the same directory.
+    pub fn reload(&self) -> Hooks {
+        load(&self.dir, self.credentials.as_deref())
+    }
+
     /// Whether any hook authenticates with tokens (and so needs the server key).
     pub fn need_key(&self) -> bool {
         self.entries
@@ -152,7 +206,13 @@ pub fn valid_name(name: &str) -> bool {
 
 /// Loads every `NAME.toml` in `dir`. `credentials` is `$CREDENTIALS_DIRECTORY`.
 pub fn load(dir: &Path, credentials: Option<&Path>) -> Hooks {
-    let mut hooks = Hooks::default();
+    let mut hooks = Hooks {
+        dir: dir.to_owned(),
+        credentials: credentials.map(Path::to_owned),
+        // Taken before the listing: a change while it is read shows next time.
+        dir_stamp: Stamp::of(dir),
+        ..Hooks::default()
+    };
     let listing = match fs::read_dir(dir) {
         Ok(listing) => listing,
         Err(e) => {
@@ -174,8 +234,13 @@ pub fn load(dir: &Path, credentials: Option<&Path>) -> Hooks {
         }
         match file_name.strip_suffix(".toml") {
             Some(name) if valid_name(name) => {
-                let hook = load_hook(&path, name, credentials).map(Arc::new);
-                hooks.entries.insert(name.to_owned(), hook);
+                let (hook, files) = load_hook(&path, name, credentials);
+                hooks.entries.insert(name.to_owned(), hook.map(Arc::new));
+                let stamped = files.into_iter().map(|f| {
+                    let stamp = Stamp::of(&f);
+                    (f, stamp)
+                });
+                hooks.files.insert(name.to_owned(), stamped.collect());
             }
             _ => hooks.skipped.push(path),
         }
@@ -184,14 +249,31 @@ pub fn load(dir: &Path, credentials: Option<&Path>) -> Hooks {
     hooks
 }
 
-fn load_hook(path: &Path, name: &str, credentials: Option<&Path>) -> Result<Hook, Problem> {
+/// The hook in `path`, or its problem; and every file it was read from.
+fn load_hook(
+    path: &Path,
+    name: &str,
+    credentials: Option<&Path>,
+) -> (Result<Hook, Problem>, Vec<PathBuf>) {
     let problem = |message: String| Problem {
         path: path.to_owned(),
         message,
     };
-    let text = read_small(path).map_err(problem)?;
-    let file: HookFile = toml::from_str(&text).map_err(|e| problem(toml_problem(&text, &e)))?;
-    build(file, name, credentials).map_err(problem)
+    let mut files = vec![path.to_owned()];
+    let text = match read_small(path) {
+        Ok(text) => text,
+        Err(message) => return (Err(problem(message)), files),
+    };
+    let file: HookFile = match toml::from_str(&text) {
+        Ok(file) => file,
+        Err(e) => return (Err(problem(toml_problem(&text, &e))), files),
+    };
+    files.extend(
+        file.secret
+            .iter()
+            .filter_map(|spec| secret_path(spec, credentials).ok()),
+    );
+    (build(file, name, credentials).map_err(problem), files)
 }
 
 fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook, String> {

@@ -219,7 +219,7 @@ struct Reactor<'a> {
     deadlines: BTreeSet<(Instant, u64)>,
     connections: Connections,
     settings: Settings,
-    config: &'a Config,
+    config: Config,
     shared: &'a Arc<Shared>,
     workers: Workers,
     decided: Receiver<Decided>,
@@ -238,7 +238,7 @@ struct Reactor<'a> {
 pub fn run(
     listeners: &[Listener],
     connection: Option<Stream>,
-    config: &Config,
+    config: Config,
     shared: &Arc<Shared>,
     settings: Settings,
     signals: &SignalFd,
@@ -622,13 +622,13 @@ impl Reactor<'_> {
             return;
         };
         conn.line = Some(request::head_line(&head));
-        let (name, admitted) = request::admit(
-            self.config,
-            self.shared,
-            &head,
-            conn.source,
-            !rest.is_empty(),
-        );
+        let source = conn.source;
+        self.config.refresh(&head.path);
+        let (name, admitted) =
+            request::admit(&self.config, self.shared, &head, source, !rest.is_empty());
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
         conn.hook = name;
         let admitted = match admitted {
             Ok(admitted) => admitted,

@@ -10,10 +10,11 @@
 //! [`answer`], half-closes, drains, closes — and only then starts the job.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::act::{Job, Runner};
-use crate::config::{Hook, Hooks, Problem};
+use crate::config::{self, Hook, Hooks, Problem, Stamp};
 use crate::error::Refusal;
 use crate::filter::Ignored;
 use crate::limits::{Budget, Reservation, Source};
@@ -24,6 +25,7 @@ use crate::respond::Response;
 use crate::route;
 use crate::scheme::Key;
 use crate::verify::{self, Pending};
+use crate::{error, info};
 
 /// What the stages before the body judge requests with; the event loop's own.
 pub struct Config {
@@ -31,6 +33,65 @@ pub struct Config {
     pub hooks: Hooks,
     /// The server key, or why there is none.
     pub key: Result<Key, Problem>,
+    key_path: PathBuf,
+    key_stamp: Option<Stamp>,
+}
+
+impl Config {
+    /// Loads the hooks in `hooks_dir` and the key at `key_path`; logs every
+    /// problem, each of which breaks only what it touches.
+    pub fn load(hooks_dir: &Path, key_path: PathBuf, credentials: Option<&Path>) -> Config {
+        let config = Config {
+            hooks: config::load(hooks_dir, credentials),
+            key_stamp: Stamp::of(&key_path),
+            key: config::load_key(&key_path),
+            key_path,
+        };
+        config.log_problems();
+        config
+    }
+
+    fn log_problems(&self) {
+        if let Some(problem) = self.hooks.unavailable() {
+            error!("{problem}; every hook answers 500 until it can be read");
+        }
+        for problem in self.hooks.problems().skip(self.hooks.general.len()) {
+            error!("{problem}; this hook answers 500");
+        }
+        if let (Err(problem), true) = (&self.key, self.hooks.need_key()) {
+            error!("{problem}; token hooks answer 500");
+        }
+    }
+
+    /// Brings the hooks and the key up to date if the directory, a file the
+    /// hook `path` names was read from, or the key file has changed, so that
+    /// fixing a file fixes the next request. A few `stat` calls otherwise.
+    pub fn refresh(&mut self, path: &str) {
+        let name = path.strip_prefix(config::HOOKS_PREFIX);
+        let hooks = self.hooks.changed(name);
+        let key = Stamp::of(&self.key_path) != self.key_stamp;
+        if !hooks && !key {
+            return;
+        }
+        if hooks {
+            self.hooks = self.hooks.reload();
+        }
+        if key {
+            self.key_stamp = Stamp::of(&self.key_path);
+            self.key = config::load_key(&self.key_path);
+        }
+        let problems = self.hooks.problems().count();
+        info!(
+            "{} changed: reloaded {} hook(s), {problems} problem(s)",
+            if hooks {
+                "hook files"
+            } else {
+                "the server key"
+            },
+            self.hooks.iter().count()
+        );
+        self.log_problems();
+    }
 }
 
 /// What the stages after the body need; shared with the workers.
@@ -77,23 +138,23 @@ pub fn admit(
     source: Source,
     buffered: bool,
 ) -> (Option<String>, Result<Admitted, Refusal>) {
-    let entry = route::lookup(&config.hooks, &head.path);
-    let name = entry.map(|(name, _)| name.to_owned());
+    let found = route::lookup(&config.hooks, &head.path);
+    let name = found.name().map(str::to_owned);
     (
         name,
-        admit_entry(entry, shared, config, head, source, buffered),
+        admit_found(found, shared, config, head, source, buffered),
     )
 }
 
-fn admit_entry(
-    entry: Option<route::Entry<'_>>,
+fn admit_found(
+    found: route::Lookup<'_>,
     shared: &Shared,
     config: &Config,
     head: &Head,
     source: Source,
     buffered: bool,
 ) -> Result<Admitted, Refusal> {
-    let hook = route::accept(entry, &head.method)?;
+    let hook = route::accept(found, &head.method)?;
     let decoder = BodyDecoder::new(head.framing, hook.max_body)?;
     let pending = verify::before_body(&hook, head, config.key.as_ref())?;
     hook.filters.content_type(head)?;

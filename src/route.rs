@@ -5,26 +5,52 @@ use std::sync::Arc;
 use crate::config::{HOOKS_PREFIX, Hook, Hooks, Problem, valid_name};
 use crate::error::Refusal;
 
-/// A hook file found for a path: its name, and the hook or what broke it.
-pub type Entry<'h> = (&'h str, &'h Result<Arc<Hook>, Problem>);
+/// What a path names.
+pub enum Lookup<'h> {
+    /// A hook file: its name, and the hook or what broke it.
+    Hook(&'h str, &'h Result<Arc<Hook>, Problem>),
+    /// A hook, but the hooks directory cannot be read: every hook is broken.
+    NoDirectory(&'h Problem),
+    /// Nothing sockhook serves.
+    Nothing,
+}
 
-/// The hook file that `path` names, if any.
+impl Lookup<'_> {
+    /// The name of the hook file found, for the log.
+    pub fn name(&self) -> Option<&str> {
+        match self {
+            Lookup::Hook(name, _) => Some(name),
+            Lookup::NoDirectory(_) | Lookup::Nothing => None,
+        }
+    }
+}
+
+/// What `path` names.
 ///
 /// Matching is exact and on the raw path: no percent-decoding, no dot
 /// segments, no trailing slash, so that a path names at most one hook.
-pub fn lookup<'h>(hooks: &'h Hooks, path: &str) -> Option<Entry<'h>> {
-    let name = path
+pub fn lookup<'h>(hooks: &'h Hooks, path: &str) -> Lookup<'h> {
+    let Some(name) = path
         .strip_prefix(HOOKS_PREFIX)
-        .filter(|name| valid_name(name))?;
-    hooks.get_entry(name)
+        .filter(|name| valid_name(name))
+    else {
+        return Lookup::Nothing;
+    };
+    match (hooks.get_entry(name), hooks.unavailable()) {
+        (Some((name, hook)), _) => Lookup::Hook(name, hook),
+        (None, Some(problem)) => Lookup::NoDirectory(problem),
+        (None, None) => Lookup::Nothing,
+    }
 }
 
-/// The hook of `entry` if it is valid and accepts `method`.
-pub fn accept(entry: Option<Entry<'_>>, method: &str) -> Result<Arc<Hook>, Refusal> {
-    let hook = match entry {
-        None => return Err(Refusal::NotFound),
-        Some((_, Err(problem))) => return Err(Refusal::HookBroken(problem.clone())),
-        Some((_, Ok(hook))) => hook,
+/// The hook found if it is valid and accepts `method`.
+pub fn accept(found: Lookup<'_>, method: &str) -> Result<Arc<Hook>, Refusal> {
+    let hook = match found {
+        Lookup::Nothing => return Err(Refusal::NotFound),
+        Lookup::NoDirectory(problem) | Lookup::Hook(_, Err(problem)) => {
+            return Err(Refusal::HookBroken(problem.clone()));
+        }
+        Lookup::Hook(_, Ok(hook)) => hook,
     };
     if !hook.methods.iter().any(|m| m == method) {
         return Err(Refusal::MethodNotAllowed {

@@ -15,12 +15,12 @@ use crate::cgroup::Cgroups;
 use crate::config::{self, CREDENTIALS_DIRECTORY};
 use crate::error::{EXIT_FAILED, EXIT_OK, Error};
 use crate::idle::Activity;
+use crate::info;
 use crate::limits::{Budget, Limits};
 use crate::listen::{self, Listener, Socket};
 use crate::reactor::{self, Ended, Settings};
 use crate::replay::Replay;
 use crate::request::{Config, Shared};
-use crate::{error, info};
 
 /// Set by systemd to the service's `RuntimeDirectory=`.
 pub const RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";
@@ -67,15 +67,8 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
     };
     let signals = stop_signals()?;
     let credentials = std::env::var_os(CREDENTIALS_DIRECTORY).map(PathBuf::from);
-    let hooks = config::load(&options.hooks_dir, credentials.as_deref());
-    for problem in hooks.problems() {
-        error!("{problem}; this hook answers 500");
-    }
     let key_path = config::key_path(options.key.as_deref(), credentials.as_deref());
-    let key = config::load_key(&key_path);
-    if let (Err(problem), true) = (&key, hooks.need_key()) {
-        error!("{problem}; token hooks answer 500");
-    }
+    let config = Config::load(&options.hooks_dir, key_path, credentials.as_deref());
     let (activity, wake) = Activity::new().map_err(|e| Error::system("create a pipe", e))?;
     let runtime = std::env::var_os(RUNTIME_DIRECTORY).map(PathBuf::from);
     let cgroups = Cgroups::detect();
@@ -86,8 +79,11 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
         ),
         None => {}
     }
-    let served: Vec<String> = hooks.iter().map(|(name, _)| name.to_owned()).collect();
-    let config = Config { hooks, key };
+    let served: Vec<String> = config
+        .hooks
+        .iter()
+        .map(|(name, _)| name.to_owned())
+        .collect();
     let limits = options.limits;
     let shared = Arc::new(Shared {
         replay: Replay::new(runtime.as_deref()),
@@ -121,7 +117,7 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
         }
     };
     let ended = reactor::run(
-        &listeners, connection, &config, &shared, settings, &signals, &activity, &wake,
+        &listeners, connection, config, &shared, settings, &signals, &activity, &wake,
     )?;
     let reason = match ended {
         Ended::Idle => "idle",
