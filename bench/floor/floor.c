@@ -4,9 +4,10 @@
  *   floor --secret FILE [--listen [ADDR:]PORT] [--idle-timeout SECS]
  *
  * Takes a listening socket from systemd (fd 3, LISTEN_FDS=1, LISTEN_PID = its pid) or
- * binds --listen itself, and for each connection, one at a time: reads the head (at most
- * MAX_HEAD_BYTES) and the Content-Length body (at most MAX_BODY_BYTES), all within
- * REQUEST_TIMEOUT_MS; checks X-Hub-Signature-256 against HMAC-SHA256(secret, body) the way
+ * binds --listen itself, and serves up to MAX_CONNECTIONS connections at once (as sockhook
+ * does) from one thread with poll(2) and non-blocking sockets. For each connection: reads
+ * the head (at most MAX_HEAD_BYTES) and the Content-Length body (at most MAX_BODY_BYTES),
+ * all within REQUEST_TIMEOUT_MS; checks X-Hub-Signature-256 against HMAC-SHA256(secret, body) the way
  * sockhook's `auth = "github"` does (401 when missing, malformed or wrong, so a bad
  * signature costs the same work); answers 204; half-closes; drains what the peer still
  * sends until EOF (bounded in bytes and time, so the kernel never resets the answer away);
@@ -54,6 +55,7 @@
 #define DRAIN_TIMEOUT_MS 5000                 /* as sockhook's respond.rs */
 #define DRAIN_MAX_BYTES (64LL * 1024 * 1024)
 #define READ_BYTES (256 * 1024)               /* one read() from the socket */
+#define MAX_CONNECTIONS 64                    /* as sockhook's serve.rs */
 #define EXIT_USAGE 100
 #define EXIT_SYSTEM 111
 
@@ -107,40 +109,10 @@ static int64_t now_ms(void)
     return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
-/* A read that never outlives `deadline`: SO_RCVTIMEO is lowered only when less time is
- * left than it allows, so a fast request costs one read() per chunk and no setsockopt. */
-struct conn {
-    int fd;
-    int64_t timeo_ms; /* SO_RCVTIMEO currently set, 0 = none */
-};
-
-static ssize_t read_by(struct conn *c, void *into, size_t len, int64_t deadline)
-{
-    for (int tries = 0; tries < 1000; tries++) {
-        int64_t left = deadline - now_ms();
-        if (left <= 0)
-            return -2;
-        if (c->timeo_ms == 0 || left < c->timeo_ms) {
-            struct timeval tv = {.tv_sec = left / 1000, .tv_usec = (left % 1000) * 1000};
-            if (setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0)
-                return -1;
-            c->timeo_ms = left;
-        }
-        ssize_t n = read(c->fd, into, len);
-        if (n >= 0)
-            return n;
-        if (errno == EAGAIN || errno == EWOULDBLOCK)
-            return -2;
-        if (errno != EINTR)
-            return -1;
-    }
-    return -1;
-}
-
 static void send_all(int fd, const char *text)
 {
     size_t len = strlen(text), done = 0;
-    /* A short answer into an empty send buffer: never blocks, never needs a timeout. */
+    /* A short answer into an empty send buffer: it never waits, so needs no timeout. */
     for (int tries = 0; done < len && tries < 100; tries++) {
         ssize_t n = send(fd, text + done, len - done, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (n > 0)
@@ -148,23 +120,6 @@ static void send_all(int fd, const char *text)
         else if (n < 0 && errno != EINTR)
             return;
     }
-}
-
-/* Answer, half-close, drain to EOF (bounded), close: unread input at close() would make
- * the kernel send RST and destroy the answer (RFC 1122 4.2.2.13, the netcat race). */
-static void finish(struct conn *c, const char *response)
-{
-    send_all(c->fd, response);
-    shutdown(c->fd, SHUT_WR);
-    int64_t deadline = now_ms() + DRAIN_TIMEOUT_MS;
-    long long drained = 0;
-    for (int i = 0; i < (int)(DRAIN_MAX_BYTES / 4096) && drained < DRAIN_MAX_BYTES; i++) {
-        ssize_t n = read_by(c, buf, sizeof buf, deadline);
-        if (n <= 0)
-            break;
-        drained += n;
-    }
-    close(c->fd);
 }
 
 static const char R204[] = "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n";
@@ -256,69 +211,213 @@ static void parse_head(const unsigned char *p, size_t len, struct head *h)
     }
 }
 
-static void serve(int fd)
+/* One connection's state. The head is parsed straight from the read buffer when it
+ * arrives in one read (the usual case); only a head split over reads is copied to `head`. */
+enum phase { FREE, HEAD, BODY, DRAIN };
+struct slot {
+    enum phase phase;
+    int fd;
+    int64_t deadline;          /* of the request (HEAD, BODY) or of the drain */
+    size_t have;               /* bytes in head[] */
+    long long left;            /* body bytes still to read */
+    long long drained;
+    SHA256_CTX mac;
+    unsigned char signature[SHA256_DIGEST_LENGTH];
+    unsigned char head[MAX_HEAD_BYTES];
+};
+static struct slot slots[MAX_CONNECTIONS];
+static int busy;             /* slots not FREE */
+static int64_t last_activity; /* when the last connection closed */
+
+static void release(struct slot *c)
 {
-    struct conn c = {.fd = fd, .timeo_ms = 0};
-    int64_t deadline = now_ms() + REQUEST_TIMEOUT_MS;
-    size_t have = 0;
-    unsigned char *head_end = NULL;
-    while (!head_end) {
-        if (have >= MAX_HEAD_BYTES)
-            return finish(&c, R431);
-        ssize_t n = read_by(&c, buf + have, sizeof buf - have, deadline);
-        if (n == -2)
-            return finish(&c, R408);
-        if (n <= 0) { /* closed or failed before a whole head: nobody to answer */
-            close(fd);
-            return;
-        }
-        size_t from = have > 3 ? have - 3 : 0;
-        have += (size_t)n;
-        size_t scan = (have < MAX_HEAD_BYTES ? have : MAX_HEAD_BYTES) - from;
-        head_end = memmem(buf + from, scan, "\r\n\r\n", 4);
+    close(c->fd);
+    c->phase = FREE;
+    busy--;
+    last_activity = now_ms();
+}
+
+/* Answer, half-close, then drain to EOF within DRAIN_TIMEOUT_MS and DRAIN_MAX_BYTES:
+ * unread input at close() makes the kernel send RST and destroy the answer (RFC 1122
+ * 4.2.2.13, the netcat race). */
+static void answer(struct slot *c, const char *response)
+{
+    send_all(c->fd, response);
+    shutdown(c->fd, SHUT_WR);
+    c->phase = DRAIN;
+    c->drained = 0;
+    c->deadline = now_ms() + DRAIN_TIMEOUT_MS;
+}
+
+static void body_bytes(struct slot *c, const unsigned char *p, size_t n)
+{
+    size_t take = (long long)n < c->left ? n : (size_t)c->left;
+    SHA256_Update(&c->mac, p, take);
+    c->left -= (long long)take;
+    if (c->left == 0) {
+        unsigned char digest[SHA256_DIGEST_LENGTH];
+        hmac_final(&c->mac, digest);
+        answer(c, CRYPTO_memcmp(digest, c->signature, sizeof digest) == 0 ? R204 : R401);
     }
-    size_t head_len = (size_t)(head_end - buf) + 4;
+}
+
+/* A whole head of head_len bytes at p, followed by `more` bytes already read. */
+static void head_done(struct slot *c, const unsigned char *p, size_t head_len, size_t more)
+{
     struct head h;
-    parse_head(buf, head_len, &h);
+    parse_head(p, head_len, &h);
     if (h.bad)
-        return finish(&c, R400);
+        return answer(c, R400);
     if (!h.post)
-        return finish(&c, R405);
+        return answer(c, R405);
     if (h.chunked)
-        return finish(&c, R501);
+        return answer(c, R501);
     if (!h.have_signature)
-        return finish(&c, R401);
+        return answer(c, R401);
     long long length = h.length < 0 ? 0 : h.length;
     if (length > MAX_BODY_BYTES)
-        return finish(&c, R413);
-    size_t buffered = have - head_len;
-    if (h.expect_continue && buffered == 0 && length > 0)
-        send_all(fd, "HTTP/1.1 100 Continue\r\n\r\n");
+        return answer(c, R413);
+    memcpy(c->signature, h.signature, sizeof c->signature);
+    if (h.expect_continue && more == 0 && length > 0)
+        send_all(c->fd, "HTTP/1.1 100 Continue\r\n\r\n");
+    c->phase = BODY;
+    c->mac = inner_keyed;
+    c->left = length;
+    body_bytes(c, p + head_len, more); /* answers at once when the body is complete (or empty) */
+}
 
-    SHA256_CTX mac = inner_keyed;
-    size_t first = buffered < (size_t)length ? buffered : (size_t)length;
-    SHA256_Update(&mac, buf + head_len, first);
-    long long left = length - (long long)first;
-    const char *answer = NULL;
-    while (left > 0) {
-        ssize_t n = read_by(&c, buf, left < (long long)sizeof buf ? (size_t)left : sizeof buf, deadline);
-        if (n == -2) {
-            answer = R408;
+/* Reads what is there, until the socket would block or the connection is finished. */
+static void progress(struct slot *c)
+{
+    for (int reads = 0; reads < 4096 && c->phase != FREE; reads++) {
+        if (c->phase == HEAD && c->have > 0) { /* a head split over reads */
+            ssize_t n = read(c->fd, c->head + c->have, sizeof c->head - c->have);
+            if (n < 0 && (errno == EAGAIN || errno == EINTR))
+                return;
+            if (n <= 0)
+                return release(c); /* nobody to answer */
+            size_t from = c->have > 3 ? c->have - 3 : 0;
+            c->have += (size_t)n;
+            unsigned char *end = memmem(c->head + from, c->have - from, "\r\n\r\n", 4);
+            if (end) {
+                size_t head_len = (size_t)(end - c->head) + 4;
+                head_done(c, c->head, head_len, c->have - head_len);
+            } else if (c->have == sizeof c->head) {
+                answer(c, R431);
+            }
+            continue;
+        }
+        size_t want = sizeof buf;
+        if (c->phase == BODY && c->left < (long long)want)
+            want = (size_t)c->left;
+        ssize_t n = read(c->fd, buf, want);
+        if (n < 0 && (errno == EAGAIN || errno == EINTR))
+            return;
+        if (n <= 0) { /* EOF: drained, or the peer left mid-request; or an error */
+            return release(c);
+        }
+        switch (c->phase) {
+        case HEAD: {
+            size_t scan = (size_t)n < MAX_HEAD_BYTES ? (size_t)n : MAX_HEAD_BYTES;
+            unsigned char *end = memmem(buf, scan, "\r\n\r\n", 4);
+            if (end) {
+                size_t head_len = (size_t)(end - buf) + 4;
+                head_done(c, buf, head_len, (size_t)n - head_len);
+            } else if ((size_t)n >= MAX_HEAD_BYTES) {
+                answer(c, R431);
+            } else {
+                memcpy(c->head, buf, (size_t)n);
+                c->have = (size_t)n;
+            }
             break;
         }
-        if (n <= 0) { /* the peer went away mid-body */
-            close(fd);
+        case BODY:
+            body_bytes(c, buf, (size_t)n);
+            break;
+        case DRAIN:
+            c->drained += n;
+            if (c->drained >= DRAIN_MAX_BYTES)
+                return release(c);
+            break;
+        case FREE:
+            break;
+        }
+    }
+}
+
+static void take(int listener)
+{
+    int fd = accept4(listener, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) {
+        if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED || errno == EMFILE ||
+            errno == ENFILE || errno == ENOBUFS || errno == ENOMEM || errno == EPROTO)
+            return;
+        die(EXIT_SYSTEM, "accept a connection");
+    }
+    for (int i = 0; i < MAX_CONNECTIONS; i++) {
+        if (slots[i].phase == FREE) {
+            struct slot *c = &slots[i];
+            c->phase = HEAD;
+            c->fd = fd;
+            c->have = 0;
+            c->deadline = now_ms() + REQUEST_TIMEOUT_MS;
+            busy++;
+            progress(c); /* the request is usually there already */
             return;
         }
-        SHA256_Update(&mac, buf, (size_t)n);
-        left -= n;
     }
-    if (!answer) {
-        unsigned char digest[SHA256_DIGEST_LENGTH];
-        hmac_final(&mac, digest);
-        answer = CRYPTO_memcmp(digest, h.signature, sizeof digest) == 0 ? R204 : R401;
+    close(fd); /* not reached: the listener is polled only while a slot is free */
+}
+
+/* Serves until nothing has happened for idle_ms (-1: never); returns then. */
+static void serve(int listener, int idle_ms)
+{
+    struct pollfd p[MAX_CONNECTIONS + 1];
+    struct slot *of[MAX_CONNECTIONS + 1];
+    last_activity = now_ms();
+    for (long long round = 0; round < 1000000000000LL; round++) { /* ends when idle, or by SIGTERM */
+        int64_t now = now_ms(), wake = idle_ms < 0 || busy ? INT64_MAX : last_activity + idle_ms;
+        int n = 0;
+        if (busy < MAX_CONNECTIONS) { /* at the limit, connections wait in the backlog */
+            p[n] = (struct pollfd){.fd = listener, .events = POLLIN};
+            of[n++] = NULL;
+        }
+        for (int i = 0; i < MAX_CONNECTIONS; i++) {
+            struct slot *c = &slots[i];
+            if (c->phase == FREE)
+                continue;
+            if (c->deadline <= now) { /* too slow: 408, or a drain that took too long */
+                if (c->phase == DRAIN)
+                    release(c);
+                else
+                    answer(c, R408);
+                if (c->phase == FREE)
+                    continue;
+            }
+            if (c->deadline < wake)
+                wake = c->deadline;
+            p[n] = (struct pollfd){.fd = c->fd, .events = POLLIN};
+            of[n++] = c;
+        }
+        if (!busy && idle_ms >= 0 && now >= last_activity + idle_ms)
+            return;
+        int timeout = wake == INT64_MAX ? -1 : (int)(wake - now > 0 ? wake - now : 0);
+        int ready = poll(p, (nfds_t)n, timeout);
+        if (ready < 0) {
+            if (errno == EINTR)
+                continue;
+            die(EXIT_SYSTEM, "poll");
+        }
+        for (int i = 0; i < n && ready > 0; i++) {
+            if (!p[i].revents)
+                continue;
+            ready--;
+            if (of[i])
+                progress(of[i]);
+            else
+                take(listener);
+        }
     }
-    finish(&c, answer);
 }
 
 /* READY=1 to $NOTIFY_SOCKET (sd_notify(3)); '@' names an abstract socket. */
@@ -451,25 +550,6 @@ int main(int argc, char **argv)
     }
     hmac_setup();
 
-    int idle_ms = idle < 0 ? -1 : (int)(idle * 1000 + 0.5);
-    struct pollfd p = {.fd = listener, .events = POLLIN};
-    for (long long served = 0; served < 1000000000000LL; served++) { /* ends when idle, or by SIGTERM */
-        int ready = poll(&p, 1, idle_ms);
-        if (ready == 0)
-            return 0;
-        if (ready < 0) {
-            if (errno == EINTR)
-                continue;
-            die(EXIT_SYSTEM, "poll the listening socket");
-        }
-        int fd = accept4(listener, NULL, NULL, SOCK_CLOEXEC);
-        if (fd < 0) {
-            if (errno == EINTR || errno == EAGAIN || errno == ECONNABORTED || errno == EMFILE ||
-                errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
-                continue;
-            die(EXIT_SYSTEM, "accept a connection");
-        }
-        serve(fd);
-    }
+    serve(listener, idle < 0 ? -1 : (int)(idle * 1000 + 0.5));
     return 0;
 }
