@@ -1265,6 +1265,11 @@ MARKERS = {COLD: "o", WARM: "s", FLOOR_COLD: "v", FLOOR_WARM: "P", NETCAT_RECIPE
 LINESTYLES = {FLOOR_COLD: "--", FLOOR_WARM: "--"}
 
 
+def tick_label(responder: str) -> str:
+    """A responder's name on two lines, to fit six of them under one chart."""
+    return responder.replace(" ", "\n", 1).replace("/", "/\n", 1)
+
+
 FAILURE_HATCHES = {"reset": "\\\\", "broken pipe": "//", "refused": "..", "incomplete": "xx", "timeout": "--",
                    "wrong status": "++", "other": "oo"}
 
@@ -1285,7 +1290,7 @@ def failure_classes_chart(ax, results: dict, present: list[str]) -> None:
         failed = sum(sum(c["failures"].values()) for c in results[r].values())
         ax.annotate(f"{failed}/{sent[i]}", (i, bottoms[i]), ha="center", va="bottom", fontsize=10,
                     xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(range(len(present)), [n.replace(" ", "\n", 1) for n in present])
+    ax.set_xticks(range(len(present)), [tick_label(n) for n in present])
     ax.set_title("Client-visible failures, all cases")
     ax.set_ylabel("% of requests sent")
     ax.set_xlim(-0.6, len(present) - 0.4)
@@ -1311,7 +1316,7 @@ def idle_memory_chart(ax, report: dict, present: list[str]) -> None:
         for rect, value in zip(drawn, values):
             ax.annotate("none" if value == 0 else f"{value:.1f}", (rect.get_x() + rect.get_width() / 2, value),
                         ha="center", va="bottom", fontsize=9, xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(range(len(present)), [n.replace(" ", "\n", 1) for n in present])
+    ax.set_xticks(range(len(present)), [tick_label(n) for n in present])
     ax.set_title("Memory while idle (none: no process at all)")
     ax.set_ylabel("MiB resident")
     ax.margins(y=0.15)
@@ -1383,16 +1388,18 @@ def draw_chart(report: dict, path: str) -> None:
             return
         ax.axhline(1, color="black", linewidth=2.5)
         ax.axhspan(1, 1.2, color="#1b7837", alpha=0.10, linewidth=0)
-        for bound, style, text in ((1.2, ":", "goal ≤ 64 KiB: 1.2×"), (1.3, "--", "goal ≥ 1 MiB: 1.3×")):
+        for bound, style, text, dy, va in ((1.2, ":", "goal ≤ 64 KiB: 1.2×", -2, "top"),
+                                           (1.3, "--", "goal ≥ 1 MiB: 1.3×", 2, "bottom")):
             ax.axhline(bound, color="grey", linestyle=style, linewidth=1)
-            ax.annotate(text, (max(sizes[0], 100), bound), xytext=(2, 2), textcoords="offset points",
-                        color="grey", fontsize=8)
-        ax.annotate("the floor", (max(sizes[0], 100), 1), xytext=(2, -10), textcoords="offset points", fontsize=9)
+            ax.annotate(text, (max(sizes[0], 100), bound), xytext=(2, dy), textcoords="offset points",
+                        color="grey", fontsize=8, ha="left", va=va)
+        ax.annotate("the floor = 1", (max(sizes[0], 100), 1), xytext=(2, -14), textcoords="offset points",
+                    fontsize=9, ha="left", va="top")
         low, high = ax.get_ylim()
         ax.set_ylim(min(low, 0.5), max(high, 2))
         ticks = [0.1, 0.2, 0.5, 1, 1.2, 1.5, 2, 3, 5, 10, 20, 50, 100, 200, 500]
         ax.set_yticks([t for t in ticks if ax.get_ylim()[0] <= t <= ax.get_ylim()[1]])
-        ax.legend(loc="upper left", fontsize=8)
+        ax.legend(loc="lower left", fontsize=8)
 
     over_floor(axes[0, 0], "curl")
     over_floor(axes[0, 1], "raw")
@@ -1413,7 +1420,7 @@ def draw_chart(report: dict, path: str) -> None:
         names = [r for r in present if values.get(r) is not None]
         heights = [values[r] for r in names]
         drawn = ax.bar(range(len(names)), heights, color=[COLOURS[r] for r in names])
-        ax.set_xticks(range(len(names)), [n.replace(" ", "\n", 1) for n in names])
+        ax.set_xticks(range(len(names)), [tick_label(n) for n in names])
         for rect, r in zip(drawn, names):
             text = labels[r] if labels else f"{values[r]:.3g}"
             ax.annotate(text, (rect.get_x() + rect.get_width() / 2, rect.get_height()),
