@@ -54,7 +54,11 @@ const REMOVALS: &[(&str, &[&str], bool)] = &[
     ("ProtectSystem", &["ProtectSystem=no"], true),
     ("RemoveIPC", &["RemoveIPC=no"], true),
     ("RuntimeDirectory", &["RuntimeDirectory="], false),
-    ("RuntimeDirectoryPreserve", &["RuntimeDirectoryPreserve=no"], false),
+    (
+        "RuntimeDirectoryPreserve",
+        &["RuntimeDirectoryPreserve=no"],
+        false,
+    ),
 ];
 /// [Service] keys that are not options to remove: what runs, how, and as whom.
 const KEPT: &[&str] = &["ExecStart", "Type", "User", "Group"];
@@ -78,10 +82,12 @@ fn service_options(unit: &str) -> Vec<(String, String)> {
     for line in unit.lines().map(str::trim) {
         if line.starts_with('[') {
             in_service = line == "[Service]";
-        } else if in_service && !line.is_empty() && !line.starts_with('#') {
-            if let Some((key, _)) = line.split_once('=') {
-                options.push((key.trim().to_string(), line.to_string()));
-            }
+        } else if in_service
+            && !line.is_empty()
+            && !line.starts_with('#')
+            && let Some((key, _)) = line.split_once('=')
+        {
+            options.push((key.trim().to_string(), line.to_string()));
         }
     }
     options
@@ -149,12 +155,20 @@ impl Bench {
     }
 
     /// Writes unit `name` (a copy of `text`, or nothing when None) and its bench drop-in.
-    fn write_units(&self, name: &str, socket: Option<String>, service: Option<String>, dropin: &str) {
+    fn write_units(
+        &self,
+        name: &str,
+        socket: Option<String>,
+        service: Option<String>,
+        dropin: &str,
+    ) {
         if let Some(socket) = socket {
-            self.sb.write_file(&format!("{UNITS}/{name}.socket"), socket);
+            self.sb
+                .write_file(&format!("{UNITS}/{name}.socket"), socket);
         }
         if let Some(service) = service {
-            self.sb.write_file(&format!("{UNITS}/{name}.service"), service);
+            self.sb
+                .write_file(&format!("{UNITS}/{name}.service"), service);
         }
         self.sb
             .write_file(&format!("{UNITS}/{name}.service.d/bench.conf"), dropin);
@@ -183,9 +197,10 @@ impl Bench {
             sig = q(&self.signature),
             port = v.port
         );
-        let out = self
-            .sb
-            .run_timeout(&format!("{wait} && {curl}"), IDLE_WAIT + Duration::from_secs(15));
+        let out = self.sb.run_timeout(
+            &format!("{wait} && {curl}"),
+            IDLE_WAIT + Duration::from_secs(15),
+        );
         let text = out.stdout_text();
         let mut fields = text.split_whitespace();
         let (status, seconds) = (fields.next(), fields.next());
@@ -198,7 +213,10 @@ impl Bench {
                 self.sb.journal(&format!("{}.service", v.unit))
             );
         }
-        seconds.and_then(|s| s.parse::<f64>().ok()).expect("curl's time_total") * 1e3
+        seconds
+            .and_then(|s| s.parse::<f64>().ok())
+            .expect("curl's time_total")
+            * 1e3
     }
 }
 
@@ -218,7 +236,9 @@ fn cold_activation_under_systemd() {
     let started = Instant::now();
     sb.run_ok(&format!("make -C {REPO} install BIN={BIN} 2>&1"));
     sb.write_file(SECRET_FILE, "bench-secret-not-a-real-one-0123456789");
-    sb.run_ok(&format!("chown root:sockhook {SECRET_FILE} && chmod 0640 {SECRET_FILE}"));
+    sb.run_ok(&format!(
+        "chown root:sockhook {SECRET_FILE} && chmod 0640 {SECRET_FILE}"
+    ));
     sb.write_file(
         "/etc/sockhook/hooks.d/bench.toml",
         format!("command = [\"/bin/true\"]\nauth = \"github\"\nsecret = \"{SECRET_FILE}\"\n"),
@@ -226,7 +246,9 @@ fn cold_activation_under_systemd() {
     sb.write_file(FLOOR_INSIDE, &floor);
     sb.run_ok(&format!("chmod 0755 {FLOOR_INSIDE}"));
     let signature = sb
-        .run_ok(&format!("sockhook sign --scheme github --secret {SECRET_FILE} </dev/null"))
+        .run_ok(&format!(
+            "sockhook sign --scheme github --secret {SECRET_FILE} </dev/null"
+        ))
         .trim()
         .to_string();
     let bench = Bench { sb, signature };
@@ -235,7 +257,10 @@ fn cold_activation_under_systemd() {
     let socket_path = bench.run_ok("systemctl show -p FragmentPath --value sockhook.socket");
     let service = bench.run_ok(&format!("cat {}", service_path.trim()));
     let socket = bench.run_ok(&format!("cat {}", socket_path.trim()));
-    assert!(socket.contains("ListenStream=7777\n"), "sockhook.socket: {socket}");
+    assert!(
+        socket.contains("ListenStream=7777\n"),
+        "sockhook.socket: {socket}"
+    );
     let options = service_options(&service);
     let sockhook_cmd = exec_start(&options);
     let removable: Vec<&str> = options
@@ -267,7 +292,10 @@ fn cold_activation_under_systemd() {
         let socket = socket.replace("ListenStream=7777\n", &format!("ListenStream={port}\n"));
         let mut service = service.replace("sockhook.socket", &format!("{name}.socket"));
         if let Some(cmd) = cmd {
-            service = service.replace(&format!("ExecStart={sockhook_cmd}"), &format!("ExecStart={cmd}"));
+            service = service.replace(
+                &format!("ExecStart={sockhook_cmd}"),
+                &format!("ExecStart={cmd}"),
+            );
         }
         (socket, service)
     };
@@ -288,11 +316,7 @@ fn cold_activation_under_systemd() {
     let (s, v) = copy("bench-floor", port, Some(&floor_cmd));
     bench.write_units("bench-floor", Some(s), Some(v), &dropin(&floor_cmd, &[]));
     add("bench-floor", "floor, the same unit options".into(), port);
-    let confining: Vec<&str> = removable
-        .iter()
-        .copied()
-        .filter(|k| removal(k).2)
-        .collect();
+    let confining: Vec<&str> = removable.iter().copied().filter(|k| removal(k).2).collect();
     for (unit, label, keys) in [
         (
             "bench-nosandbox",
@@ -306,7 +330,10 @@ fn cold_activation_under_systemd() {
         ),
     ] {
         port += 1;
-        let lines: Vec<&str> = keys.iter().flat_map(|k| removal(k).1.iter().copied()).collect();
+        let lines: Vec<&str> = keys
+            .iter()
+            .flat_map(|k| removal(k).1.iter().copied())
+            .collect();
         let (s, v) = copy(unit, port, None);
         bench.write_units(unit, Some(s), Some(v), &dropin(&sockhook_cmd, &lines));
         add(unit, label, port);
@@ -315,13 +342,19 @@ fn cold_activation_under_systemd() {
         port += 1;
         let unit = format!("bench-no-{}", key.to_lowercase());
         let (s, v) = copy(&unit, port, None);
-        bench.write_units(&unit, Some(s), Some(v), &dropin(&sockhook_cmd, removal(key).1));
+        bench.write_units(
+            &unit,
+            Some(s),
+            Some(v),
+            &dropin(&sockhook_cmd, removal(key).1),
+        );
         add(&unit, format!("sockhook without {key}"), port);
     }
     // A reference unit with none of the options: a removal must leave what it shows.
-    bench
-        .sb
-        .write_file(&format!("{UNITS}/bench-reference.service"), "[Service]\nExecStart=/bin/true\n");
+    bench.sb.write_file(
+        &format!("{UNITS}/bench-reference.service"),
+        "[Service]\nExecStart=/bin/true\n",
+    );
     bench.run_ok("systemctl daemon-reload");
     for key in &removable {
         let shown = |unit: &str| bench.run_ok(&format!("systemctl show -p {key} {unit}"));
@@ -338,9 +371,16 @@ fn cold_activation_under_systemd() {
             "the drop-in {:?} does not remove {key}",
             removal(key).1
         );
-        assert_ne!(shown("sockhook.service"), shown(&unit), "{key} is not set in sockhook.service");
+        assert_ne!(
+            shown("sockhook.service"),
+            shown(&unit),
+            "{key} is not set in sockhook.service"
+        );
     }
-    let sockets: Vec<String> = variants.iter().map(|v| format!("{}.socket", v.unit)).collect();
+    let sockets: Vec<String> = variants
+        .iter()
+        .map(|v| format!("{}.socket", v.unit))
+        .collect();
     bench.run_ok(&format!("systemctl start {}", sockets.join(" ")));
 
     // One unmeasured activation each (page cache, first exec), then round after round.
@@ -362,10 +402,22 @@ fn cold_activation_under_systemd() {
         assert_eq!(active.trim(), "active", "{}.socket after the run", v.unit);
     }
     let versions = bench.run_ok("systemctl --version | head -n 1");
-    write_results(&variants, activations, load.trim(), versions.trim(), started.elapsed());
+    write_results(
+        &variants,
+        activations,
+        load.trim(),
+        versions.trim(),
+        started.elapsed(),
+    );
 }
 
-fn write_results(variants: &[Variant], activations: usize, load: &str, systemd: &str, took: Duration) {
+fn write_results(
+    variants: &[Variant],
+    activations: usize,
+    load: &str,
+    systemd: &str,
+    took: Duration,
+) {
     let stats: Vec<(f64, f64, f64, Vec<f64>)> = variants
         .iter()
         .map(|v| {
@@ -384,7 +436,10 @@ fn write_results(variants: &[Variant], activations: usize, load: &str, systemd: 
         .map(|o| o.stdout_text().trim().to_string())
         .unwrap_or_default();
     let mut md = String::new();
-    let _ = writeln!(md, "# sockhook under a real systemd: the first request after idle, {date}\n");
+    let _ = writeln!(
+        md,
+        "# sockhook under a real systemd: the first request after idle, {date}\n"
+    );
     let _ = writeln!(
         md,
         "{systemd}, in the system-test sandbox; host load {load} at the start. Produced by \
@@ -408,7 +463,11 @@ fn write_results(variants: &[Variant], activations: usize, load: &str, systemd: 
     );
     for (i, (v, (med, p90, min, _))) in variants.iter().zip(&stats).enumerate() {
         let (lo, hi) = intervals[i];
-        let noise = if i > 0 && lo <= shipped_hi && hi >= shipped_lo { " (noise)" } else { "" };
+        let noise = if i > 0 && lo <= shipped_hi && hi >= shipped_lo {
+            " (noise)"
+        } else {
+            ""
+        };
         let _ = writeln!(
             md,
             "| {} | {med:.2} | {lo:.2}–{hi:.2} | {p90:.2} | {min:.2} | {:.2}× | {:+.2}{noise} |",
@@ -425,7 +484,10 @@ fn write_results(variants: &[Variant], activations: usize, load: &str, systemd: 
         shipped / stats[2].0
     );
     let mut json = String::from("{\n");
-    let _ = writeln!(json, " \"date\": \"{date}\",\n \"systemd\": \"{systemd}\",\n \"host_load_at_start\": \"{load}\",");
+    let _ = writeln!(
+        json,
+        " \"date\": \"{date}\",\n \"systemd\": \"{systemd}\",\n \"host_load_at_start\": \"{load}\","
+    );
     let _ = writeln!(
         json,
         " \"activations_per_variant\": {activations},\n \"idle_timeout\": \"{IDLE_TIMEOUT}\",\n \"elapsed_s\": {:.1},\n \"variants\": [",
