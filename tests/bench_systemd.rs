@@ -39,25 +39,42 @@ const FLOOR_INSIDE: &str = "/usr/local/bin/sockhook-floor";
 const UNITS: &str = "/etc/systemd/system";
 const FIRST_PORT: u16 = 7801;
 
-/// How to take one [Service] option of sockhook.service away with a drop-in, and whether
-/// it confines the process (the "no sandboxing" variant drops exactly those).
+/// What an option of sockhook.service is, for the variants that remove several at once.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// Confinement that needs a namespace of the service's own (mount or IPC): removing
+    /// one of them leaves the namespace as long as another needs it.
+    Namespace,
+    /// Confinement without a namespace.
+    Confines,
+    /// What sockhook needs to work as designed, not confinement.
+    Function,
+}
+use Kind::{Confines, Function, Namespace};
+
+/// How to take one [Service] option of sockhook.service away with a drop-in, and what it
+/// is ("without sandboxing" drops Namespace and Confines; "without namespaces" Namespace).
 /// `systemctl show` must then report the same value as for a unit without the option.
-const REMOVALS: &[(&str, &[&str], bool)] = &[
+const REMOVALS: &[(&str, &[&str], Kind)] = &[
     // "~" alone: all capabilities but none, the default bounding set.
-    ("CapabilityBoundingSet", &["CapabilityBoundingSet=~"], true),
-    ("Delegate", &["Delegate=no"], false),
-    ("LoadCredential", &["LoadCredential="], false),
-    ("PrivateIPC", &["PrivateIPC=no"], true),
-    ("PrivateTmp", &["PrivateTmp=no"], true),
-    ("ProtectHome", &["ProtectHome=no"], true),
-    ("ProtectProc", &["ProtectProc=default"], true),
-    ("ProtectSystem", &["ProtectSystem=no"], true),
-    ("RemoveIPC", &["RemoveIPC=no"], true),
-    ("RuntimeDirectory", &["RuntimeDirectory="], false),
+    (
+        "CapabilityBoundingSet",
+        &["CapabilityBoundingSet=~"],
+        Confines,
+    ),
+    ("Delegate", &["Delegate=no"], Function),
+    ("LoadCredential", &["LoadCredential="], Function),
+    ("PrivateIPC", &["PrivateIPC=no"], Namespace),
+    ("PrivateTmp", &["PrivateTmp=no"], Namespace),
+    ("ProtectHome", &["ProtectHome=no"], Namespace),
+    ("ProtectProc", &["ProtectProc=default"], Namespace),
+    ("ProtectSystem", &["ProtectSystem=no"], Namespace),
+    ("RemoveIPC", &["RemoveIPC=no"], Confines),
+    ("RuntimeDirectory", &["RuntimeDirectory="], Function),
     (
         "RuntimeDirectoryPreserve",
         &["RuntimeDirectoryPreserve=no"],
-        false,
+        Function,
     ),
 ];
 /// [Service] keys that are not options to remove: what runs, how, and as whom.
@@ -316,12 +333,28 @@ fn cold_activation_under_systemd() {
     let (s, v) = copy("bench-floor", port, Some(&floor_cmd));
     bench.write_units("bench-floor", Some(s), Some(v), &dropin(&floor_cmd, &[]));
     add("bench-floor", "floor, the same unit options".into(), port);
-    let confining: Vec<&str> = removable.iter().copied().filter(|k| removal(k).2).collect();
+    let of_kind = |kinds: &[Kind]| -> Vec<&str> {
+        removable
+            .iter()
+            .copied()
+            .filter(|k| kinds.contains(&removal(k).2))
+            .collect()
+    };
+    let confining = of_kind(&[Namespace, Confines]);
+    let namespaced = of_kind(&[Namespace]);
     for (unit, label, keys) in [
         (
             "bench-nosandbox",
             format!("sockhook without sandboxing ({})", confining.join(", ")),
             confining.clone(),
+        ),
+        (
+            "bench-nonamespace",
+            format!(
+                "sockhook without the options that need a namespace ({})",
+                namespaced.join(", ")
+            ),
+            namespaced.clone(),
         ),
         (
             "bench-bare",
