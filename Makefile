@@ -231,10 +231,12 @@ deb:
 	cp systemd/sockhook.sysusers $(DEB_UNITS)/sockhook.sysusers
 	$(CARGO) deb --locked
 
-# `make bench`: sockhook (cold and warm) side by side with the seed's netcat
-# recipe and adnanh/webhook, on loopback; installs webhook, netcat-openbsd,
-# curl and python3-matplotlib when missing; about 5 minutes on 2 cores. Writes
-# bench/results/latest.{md,json,png}. BENCH_ARGS=--quick: a 35 s smoke run.
+# `make bench`: sockhook (cold and warm) side by side with the floor
+# (bench/floor/floor.c, started the same way), the seed's netcat recipe and
+# adnanh/webhook, on loopback; installs webhook, netcat-openbsd, curl,
+# python3-matplotlib, gcc and libssl-dev when missing. Writes
+# bench/results/latest.{md,json,png}. BENCH_ARGS=--quick: a smoke run of
+# about 70 s on 2 cores.
 BENCH_ARGS ?=
 
 bench: build

@@ -1499,13 +1499,13 @@ def parse_arguments(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sockhook", default=os.path.join(repo, "target/release/sockhook"),
                    help="sockhook binary (default: target/release/sockhook); without it, only the peers run")
-    p.add_argument("--quick", action="store_true", help="a smoke run of under a minute: few requests, no 25 MiB")
+    p.add_argument("--quick", action="store_true", help="a smoke run (about 70 s on 2 cores): few requests, no 25 MiB")
     p.add_argument("--responders", default=",".join(RESPONDERS),
                    help=f"comma-separated subset of: {', '.join(RESPONDERS)}")
     p.add_argument("--requests", type=int, help="requests per case up to 1 MiB (default 300; --quick 8)")
     p.add_argument("--requests-25m", type=int, help="requests per 25 MiB case (default 10; --quick: no 25 MiB case)")
     p.add_argument("--requests-expect", type=int, help="requests in the Expect case (default 30; --quick 3)")
-    p.add_argument("--burst", type=int, help="requests in the burst (default 1000; --quick 100)")
+    p.add_argument("--burst", type=int, help="requests in each burst (default 1000; --quick 100)")
     p.add_argument("--concurrency", default=",".join(map(str, BURST_CONCURRENCIES)),
                    help="concurrency of the bursts, comma-separated: one burst each (default 8,64)")
     p.add_argument("--floor", help="a floor binary already built (default: build bench/floor/floor.c)")
