@@ -376,7 +376,7 @@ static void serve(int listener, int idle_ms)
     struct slot *of[MAX_CONNECTIONS + 1];
     last_activity = now_ms();
     for (long long round = 0; round < 1000000000000LL; round++) { /* ends when idle, or by SIGTERM */
-        int64_t now = now_ms(), wake = idle_ms < 0 || busy ? INT64_MAX : last_activity + idle_ms;
+        int64_t now = now_ms(), wake = INT64_MAX;
         int n = 0;
         if (busy < MAX_CONNECTIONS) { /* at the limit, connections wait in the backlog */
             p[n] = (struct pollfd){.fd = listener, .events = POLLIN};
@@ -399,8 +399,12 @@ static void serve(int listener, int idle_ms)
             p[n] = (struct pollfd){.fd = c->fd, .events = POLLIN};
             of[n++] = c;
         }
-        if (!busy && idle_ms >= 0 && now >= last_activity + idle_ms)
-            return;
+        /* After the deadlines above, which may have released the last connection. */
+        if (!busy && idle_ms >= 0) {
+            if (now >= last_activity + idle_ms)
+                return;
+            wake = last_activity + idle_ms;
+        }
         int timeout = wake == INT64_MAX ? -1 : (int)(wake - now > 0 ? wake - now : 0);
         int ready = poll(p, (nfds_t)n, timeout);
         if (ready < 0) {
