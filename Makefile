@@ -68,7 +68,7 @@ put = echo "install: $(1) $(2)" && tmp=$$(mktemp "$(dir $(2)).$(notdir $(2)).XXX
 # umask; never change an existing one (Debian's /etc/sudoers.d is 0750).
 mkd = [ -d "$(2)" ] || { echo "install: $(1) $(2)/" && (umask 022 && mkdir -p "$(2)") && chmod $(1) "$(2)"; }
 
-.PHONY: all build test run install uninstall check-units clean deb fuzz bench
+.PHONY: all build test run install uninstall check-units clean deb fuzz bench bench-systemd
 .DELETE_ON_ERROR:
 
 all: build
@@ -231,14 +231,24 @@ deb:
 	cp systemd/sockhook.sysusers $(DEB_UNITS)/sockhook.sysusers
 	$(CARGO) deb --locked
 
-# `make bench`: sockhook (cold and warm) side by side with the seed's netcat
-# recipe and adnanh/webhook, on loopback; installs webhook, netcat-openbsd,
-# curl and python3-matplotlib when missing; about 5 minutes on 2 cores. Writes
-# bench/results/latest.{md,json,png}. BENCH_ARGS=--quick: a 35 s smoke run.
+# `make bench`: sockhook (cold and warm) side by side with the floor
+# (bench/floor/floor.c, started the same way), the seed's netcat recipe and
+# adnanh/webhook, on loopback; installs webhook, netcat-openbsd, curl,
+# python3-matplotlib, gcc and libssl-dev when missing. Writes
+# bench/results/latest.{md,json,png}. BENCH_ARGS=--quick: a smoke run of
+# about 70 s on 2 cores.
 BENCH_ARGS ?=
 
 bench: build
 	bench/run --sockhook $(BIN) $(BENCH_ARGS)
+
+# `make bench-systemd` (root): the first request after idle under a real
+# systemd, in the system-test sandbox: the shipped units, the floor with the
+# same unit options, no sandboxing, and each option of sockhook.service
+# removed by a drop-in. Needs gcc and libssl-dev (the floor); a few minutes.
+# Writes bench/results/systemd.{md,json}. Not part of `make test` (#[ignore]).
+bench-systemd:
+	$(CARGO) test --release --locked --test bench_systemd -- --ignored --nocapture
 
 # `make fuzz`: each fuzz target for FUZZ_SECONDS (not part of `make test`; the
 # saved inputs are, through tests/fuzz_regressions.rs). cargo-fuzz passes
