@@ -26,7 +26,7 @@ use nix::unistd::Pid;
 use crate::cgroup::{Cgroups, RunCgroup};
 use crate::config::Hook;
 use crate::idle::{Activity, Busy};
-use crate::log::{Clean, Last};
+use crate::log::{Clean, Last, Level};
 use crate::read::{Body, Head};
 use crate::{error, info, warning};
 
@@ -36,6 +36,12 @@ pub const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How long the output of a finished run is still collected.
 const OUTPUT_GRACE: Duration = Duration::from_secs(1);
+/// Most bytes of one run's output that reach the log; the rest is read and
+/// counted, so that a command printing without end (`yes`) cannot flood the
+/// journal.
+pub const MAX_LOGGED_BYTES: u64 = 64 * 1024;
+/// Stack of a thread that logs a run's output.
+const OUTPUT_STACK_BYTES: usize = 64 * 1024;
 
 /// The names of the variables a command gets besides `PATH`, in order.
 pub const ENV_NAMES: [&str; 8] = [
@@ -237,7 +243,7 @@ fn run_once(shared: &Shared, job: Job) -> bool {
             .map_err(|e| warning!("hook {name}: no cgroup for the run ({e}); a timeout reaches its process group only"))
             .ok()
     });
-    let (output, child) = match spawn(&job, cgroup.as_ref()) {
+    let (stdout, stderr, child) = match spawn(&job, cgroup.as_ref()) {
         Ok(pair) => pair,
         Err(e) => {
             error!("hook {name}: unable to start {}: {e}", hook.command[0]);
@@ -251,13 +257,24 @@ fn run_once(shared: &Shared, job: Job) -> bool {
     shared.lock().groups.insert(name.clone(), group);
 
     let (output_done, output_finished) = mpsc::channel();
-    let logger = name.clone();
-    let _ = thread::Builder::new()
-        .name(format!("log {name}"))
-        .spawn(move || {
-            log_output(&logger, output);
-            let _ = output_done.send(());
-        });
+    let budget = Arc::new(AtomicU64::new(MAX_LOGGED_BYTES));
+    let dropped = Arc::new(AtomicU64::new(0));
+    for (pipe, level, what) in [
+        (stdout, Level::Info, "stdout"),
+        (stderr, Level::Warning, "stderr"),
+    ] {
+        let logger = name.clone();
+        let (budget, dropped) = (Arc::clone(&budget), Arc::clone(&dropped));
+        let output_done = output_done.clone();
+        let _ = thread::Builder::new()
+            .name(format!("log {name} {what}"))
+            .stack_size(OUTPUT_STACK_BYTES)
+            .spawn(move || {
+                log_output(&logger, pipe, level, &budget, &dropped);
+                let _ = output_done.send(());
+            });
+    }
+    drop(output_done);
     let (exited, exit) = mpsc::channel();
     let mut child = child;
     let waiter = thread::Builder::new()
@@ -285,7 +302,16 @@ fn run_once(shared: &Shared, job: Job) -> bool {
     }
     shared.lock().groups.remove(name);
     let elapsed = started.elapsed().as_secs_f64();
-    let _ = output_finished.recv_timeout(OUTPUT_GRACE);
+    let grace = Instant::now() + OUTPUT_GRACE;
+    for _ in 0..2 {
+        let _ = output_finished.recv_timeout(grace.saturating_duration_since(Instant::now()));
+    }
+    let dropped = dropped.load(Ordering::Relaxed);
+    if dropped > 0 {
+        warning!(
+            "hook {name}: run {pid}: {dropped} more bytes of output not logged (at most {MAX_LOGGED_BYTES} per run)"
+        );
+    }
     if let Ok(status) = &status {
         crate::log::status(
             Last::Run,
@@ -324,9 +350,13 @@ fn run_once(shared: &Shared, job: Job) -> bool {
     }
 }
 
-/// Starts the command; returns the read end of its stdout+stderr pipe and the child.
-fn spawn(job: &Job, cgroup: Option<&RunCgroup>) -> io::Result<(PipeReader, std::process::Child)> {
-    let (reader, writer) = io::pipe()?;
+/// Starts the command; returns the read ends of its stdout and stderr pipes, and the child.
+fn spawn(
+    job: &Job,
+    cgroup: Option<&RunCgroup>,
+) -> io::Result<(PipeReader, PipeReader, std::process::Child)> {
+    let (stdout, stdout_writer) = io::pipe()?;
+    let (stderr, stderr_writer) = io::pipe()?;
     let stdin = match job.body.reader()? {
         Some(body) => Stdio::from(body),
         None => Stdio::null(),
@@ -339,17 +369,19 @@ fn spawn(job: &Job, cgroup: Option<&RunCgroup>) -> io::Result<(PipeReader, std::
         .envs(ENV_NAMES.iter().zip(&job.env))
         .current_dir("/")
         .stdin(stdin)
-        .stdout(writer.try_clone()?)
-        .stderr(writer)
+        .stdout(stdout_writer)
+        .stderr(stderr_writer)
         .process_group(0);
     unblock_signals_on_exec(&mut command);
+    limit_tasks_on_exec(&mut command, job.hook.tasks_max);
     if let Some(cgroup) = cgroup {
+        cgroup.limit_tasks(job.hook.tasks_max);
         cgroup.enter_on_exec(&mut command);
     }
     let child = command.spawn()?;
-    // `command` holds the pipe's write ends; dropping it lets the reader see EOF.
+    // `command` holds the pipes' write ends; dropping it lets the readers see EOF.
     drop(command);
-    Ok((reader, child))
+    Ok((stdout, stderr, child))
 }
 
 /// Gives the command an empty signal mask. sockhook blocks SIGTERM and SIGINT
@@ -373,8 +405,41 @@ fn unblock_signals_on_exec(command: &mut Command) {
     }
 }
 
-/// Logs each line the command prints, prefixed with the hook's name.
-fn log_output(name: &str, output: PipeReader) {
+/// Sets the most tasks the command may have (`RLIMIT_NPROC`) between fork
+/// and exec. The kernel counts every process of the user, so this bounds a
+/// fork bomb run as sockhook's user where no cgroup can (the run's cgroup
+/// gets `pids.max` too when the pids controller is there); root, and so a
+/// command under sudo, is not held to it.
+#[allow(unsafe_code)]
+fn limit_tasks_on_exec(command: &mut Command, tasks_max: u64) {
+    // SAFETY: setrlimit is async-signal-safe, and the closure touches no
+    // memory of the parent but a copied integer.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = nix::libc::rlimit {
+                rlim_cur: tasks_max,
+                rlim_max: tasks_max,
+            };
+            if nix::libc::setrlimit(nix::libc::RLIMIT_NPROC, &limit) == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        });
+    }
+}
+
+/// Logs each line of one of the command's outputs, prefixed with the hook's
+/// name, until the run's `budget` of bytes is spent; counts the rest in
+/// `dropped`, still reading it so that the command is never blocked on a
+/// full pipe.
+fn log_output(
+    name: &str,
+    output: PipeReader,
+    level: Level,
+    budget: &AtomicU64,
+    dropped: &AtomicU64,
+) {
     let mut input = BufReader::new(output);
     let mut line = Vec::new();
     loop {
@@ -384,9 +449,17 @@ fn log_output(name: &str, output: PipeReader) {
             .read_until(b'\n', &mut line)
         {
             Ok(0) | Err(_) => return,
-            Ok(_) => {
+            Ok(n) => {
+                let n = n as u64;
+                let left =
+                    budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(n));
+                if left.is_err() {
+                    budget.store(0, Ordering::Relaxed);
+                    dropped.fetch_add(n, Ordering::Relaxed);
+                    continue;
+                }
                 let text = line.strip_suffix(b"\n").unwrap_or(&line);
-                info!("hook {name}: {}", Clean::output(text));
+                crate::log::line(level, format_args!("hook {name}: {}", Clean::output(text)));
             }
         }
     }

@@ -7,6 +7,13 @@
 //! it executes the command, while it is still unprivileged, and writing
 //! `cgroup.kill` (Linux ≥ 5.14) kills every process in it, whatever its user.
 //! Elsewhere (`--listen`, tests) runs use process groups only.
+//!
+//! Where the delegated cgroup offers the pids controller, sockhook moves
+//! itself into a `supervisor` child first (cgroup v2 lets only a cgroup
+//! without processes of its own hand controllers to its children), enables
+//! the controller for its children, and each run's cgroup gets `pids.max`:
+//! a fork bomb in one run then cannot take the tasks sockhook and the
+//! other runs need.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -48,10 +55,32 @@ impl Cgroups {
         let dir = Path::new(mount).join(path.trim_start_matches('/'));
         let usable = dir.join("cgroup.kill").exists()
             && nix::unistd::access(&dir, nix::unistd::AccessFlags::W_OK).is_ok();
-        usable.then(|| Cgroups {
+        if !usable {
+            return None;
+        }
+        let cgroups = Cgroups {
             dir,
             next: AtomicU64::new(1),
-        })
+        };
+        cgroups.enable_pids();
+        Some(cgroups)
+    }
+
+    /// Enables the pids controller for the runs' cgroups, if it is offered;
+    /// moves sockhook into `supervisor/` to be allowed to. Must run before
+    /// sockhook starts a thread, as it moves the whole process.
+    fn enable_pids(&self) {
+        let offered = fs::read_to_string(self.dir.join("cgroup.controllers"))
+            .is_ok_and(|c| c.split_whitespace().any(|c| c == "pids"));
+        if !offered {
+            return;
+        }
+        let supervisor = self.dir.join("supervisor");
+        let moved = (fs::create_dir(&supervisor).is_ok() || supervisor.is_dir())
+            && fs::write(supervisor.join("cgroup.procs"), b"0").is_ok();
+        if moved {
+            let _ = fs::write(self.dir.join("cgroup.subtree_control"), b"+pids");
+        }
     }
 
     /// Where runs' cgroups are made, for the start-up log line.
@@ -93,6 +122,12 @@ impl RunCgroup {
                 }
             });
         }
+    }
+
+    /// Caps the tasks of the run at `tasks_max`, where the pids controller is
+    /// enabled (elsewhere the file is not there and this does nothing).
+    pub fn limit_tasks(&self, tasks_max: u64) {
+        let _ = fs::write(self.dir.join("pids.max"), tasks_max.to_string());
     }
 
     /// Kills every process in the cgroup with SIGKILL.

@@ -30,10 +30,22 @@ pub const HOOKS_PREFIX: &str = "/hooks/";
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// The longest `timeout` a hook may set (a day).
 pub const MAX_TIMEOUT_SECS: u64 = 24 * 60 * 60;
+/// Most tasks (processes and threads) a run may have unless the hook's
+/// `tasks_max` says otherwise.
+pub const DEFAULT_TASKS_MAX: u64 = 512;
+/// The largest `tasks_max` a hook may set.
+pub const MAX_TASKS_MAX: u64 = 65536;
 /// Largest body a hook accepts unless its `max_body` says otherwise (GitHub caps at 25 MiB).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 25 * 1024 * 1024;
 /// The largest `max_body` a hook may set (1 GiB; bodies are spooled in memory).
 pub const MAX_MAX_BODY_BYTES: u64 = 1024 * 1024 * 1024;
+/// The start of the value the shipped units give a credential with
+/// `SetCredential=` for when the file their `LoadCredential=` names is
+/// missing; the path follows. sockhook refuses it and says what to create,
+/// so that a missing file answers 500 instead of failing every start.
+pub const MISSING_CREDENTIAL: &str = "sockhook-missing-credential:";
+/// How the problem of a [`MISSING_CREDENTIAL`] placeholder starts.
+const MISSING_FILE: &str = "systemd found no";
 /// Hook, key and secret files larger than this are refused.
 pub const MAX_FILE_BYTES: u64 = 64 * 1024;
 /// The longest hook name.
@@ -59,10 +71,12 @@ pub struct Hook {
     pub timeout: Duration,
     /// The largest body accepted, in bytes.
     pub max_body: u64,
+    /// Most tasks one run may have.
+    pub tasks_max: u64,
 }
 
 /// Every key a hook file may hold, as `HookFile` reads them.
-pub const HOOK_KEYS: [&str; 9] = [
+pub const HOOK_KEYS: [&str; 10] = [
     "command",
     "auth",
     "secret",
@@ -70,6 +84,7 @@ pub const HOOK_KEYS: [&str; 9] = [
     "events",
     "timeout",
     "max_body",
+    "tasks_max",
     "allow_unauthenticated",
     "match",
 ];
@@ -85,6 +100,7 @@ struct HookFile {
     events: Option<Vec<String>>,
     timeout: Option<u64>,
     max_body: Option<u64>,
+    tasks_max: Option<u64>,
     allow_unauthenticated: Option<bool>,
     #[serde(rename = "match")]
     filter: Option<toml::Table>,
@@ -352,8 +368,16 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
             ));
         }
     };
+    let tasks_max = match file.tasks_max {
+        None => DEFAULT_TASKS_MAX,
+        Some(n @ 1..=MAX_TASKS_MAX) => n,
+        Some(n) => {
+            return Err(format!("tasks_max: {n} is outside 1..={MAX_TASKS_MAX}"));
+        }
+    };
     Ok(Hook {
         name: name.to_owned(),
+        tasks_max,
         command,
         scheme,
         secret,
@@ -443,6 +467,12 @@ pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, Problem> {
     if bytes.is_empty() {
         return Err(problem("empty".into()));
     }
+    if let Some(source) = bytes.strip_prefix(MISSING_CREDENTIAL.as_bytes()) {
+        let source = String::from_utf8_lossy(source);
+        return Err(problem(format!(
+            "{MISSING_FILE} {source} for this credential (LoadCredential=) and passed the unit's SetCredential= placeholder; create {source}, and the next activation reads it"
+        )));
+    }
     Ok(bytes)
 }
 
@@ -462,6 +492,9 @@ pub fn load_key(path: &Path) -> Result<Key, Problem> {
         message,
     };
     let bytes = read_secret_file(path).map_err(|e| {
+        if e.message.starts_with(MISSING_FILE) {
+            return problem(format!("cannot use the server key: {}", e.message));
+        }
         problem(format!(
             "cannot use the server key ({}); create it with: head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {}",
             e.message,

@@ -1094,8 +1094,11 @@ fn accept_yes_variant_serves_concurrent_requests() {
     assert_eq!(sys.wait_stopped("sockhook.service"), "inactive");
     fs::remove_file(sys.sb.path(&format!("{STATE}/record.log"))).unwrap();
 
+    // From five addresses: the socket takes at most 4 connections at once
+    // from one (MaxConnectionsPerSource=).
     let out = sys.run_ok(&format!(
         "for i in $(seq 1 20); do curl -s -o /dev/null -w '%{{http_code}}\\n' --max-time 5 \
+         --interface 127.0.0.$((2 + i % 5)) \
          -u '{token}:' --data-binary \"acc-$i\" {URL}/hooks/record & done; wait"
     ));
     let mut statuses: BTreeMap<&str, usize> = BTreeMap::new();
