@@ -1,7 +1,7 @@
 //! Stage 6: run the hook's command — after the response, never through a shell.
 //!
-//! The command is an argv with an absolute program path, started in its own
-//! process group with a cleared environment (`PATH` and `SOCKHOOK_*` only), the
+//! The command is an argv with an absolute program path, started in a
+//! session (and process group) of its own with a cleared environment (`PATH` and `SOCKHOOK_*` only), the
 //! body as stdin and its output in sockhook's log. A hook runs at most once at
 //! a time: triggers that arrive meanwhile coalesce into one follow-up run with
 //! the newest request. A run that outlives its timeout gets SIGTERM, then
@@ -370,8 +370,8 @@ fn spawn(
         .current_dir("/")
         .stdin(stdin)
         .stdout(stdout_writer)
-        .stderr(stderr_writer)
-        .process_group(0);
+        .stderr(stderr_writer);
+    new_session_on_exec(&mut command);
     unblock_signals_on_exec(&mut command);
     limit_tasks_on_exec(&mut command, job.hook.tasks_max);
     if let Some(cgroup) = cgroup {
@@ -382,6 +382,19 @@ fn spawn(
     // `command` holds the pipes' write ends; dropping it lets the readers see EOF.
     drop(command);
     Ok((stdout, stderr, child))
+}
+
+/// Starts the command in a session of its own (so also a process group of
+/// its own, which a timeout signals as a whole). A session is also what the
+/// kernel's autogroup scheduling shares CPU time by: a run that forks a
+/// thousand busy processes then gets no more of the CPU than sockhook does.
+#[allow(unsafe_code)]
+fn new_session_on_exec(command: &mut Command) {
+    // SAFETY: setsid is async-signal-safe, and the closure touches no memory
+    // of the parent.
+    unsafe {
+        command.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
+    }
 }
 
 /// Gives the command an empty signal mask. sockhook blocks SIGTERM and SIGINT

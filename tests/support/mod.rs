@@ -3,3 +3,4 @@
 pub mod harness;
 pub mod net;
 pub mod sandbox;
+pub mod system;
