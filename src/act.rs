@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::ffi::OsString;
 use std::io::{self, BufRead, BufReader, PipeReader, Read};
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus, Stdio};
@@ -74,7 +74,7 @@ impl Job {
     pub fn new(
         hook: Arc<Hook>,
         head: &Head,
-        peer: Option<SocketAddr>,
+        client: Option<IpAddr>,
         body: Body,
         ticket: u64,
     ) -> Job {
@@ -90,7 +90,7 @@ impl Job {
             head.method.clone().into(),
             head.path.clone().into(),
             head.query.clone().unwrap_or_default().into(),
-            peer.map_or_else(String::new, |a| a.ip().to_string()).into(),
+            client.map_or_else(String::new, |ip| ip.to_string()).into(),
             field(hook.scheme.event_header()),
             field(hook.scheme.delivery_header()),
             field(Some("content-type")),

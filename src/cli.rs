@@ -14,6 +14,7 @@ use lexopt::prelude::*;
 use crate::config::DEFAULT_HOOKS_DIR;
 use crate::error::{EXIT_BUG, EXIT_CONFIG, EXIT_FAILED, EXIT_OK, EXIT_SYSTEM, Error};
 use crate::limits::Limits;
+use crate::proxy::Trusted;
 use crate::reactor::DEFAULT_HEAD_TIMEOUT;
 use crate::read::DEFAULT_REQUEST_TIMEOUT;
 use crate::scheme::Scheme;
@@ -47,7 +48,12 @@ struct Args {
     hooks_dir: PathBuf,
     key: Option<PathBuf>,
     listen: Option<String>,
+    listen_tls: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    trusted_proxies: Vec<Trusted>,
     idle_timeout: Option<Duration>,
+    max_lifetime: Option<Duration>,
     head_timeout: Duration,
     request_timeout: Duration,
     limits: Limits,
@@ -79,11 +85,58 @@ static LISTEN: Opt = Opt {
     set: |a, v| put(&mut a.listen, Some(text("listen", v)?)),
 };
 
+static LISTEN_TLS: Opt = Opt {
+    name: "listen-tls",
+    value: "IP:PORT",
+    help: "Bind this address for HTTPS when systemd passed no socket (under systemd: a socket with FileDescriptorName=https)",
+    set: |a, v| put(&mut a.listen_tls, Some(text("listen-tls", v)?)),
+};
+
+static TLS_CERT: Opt = Opt {
+    name: "tls-cert",
+    value: "FILE",
+    help: "HTTPS certificate chain, PEM, leaf first [default: $CREDENTIALS_DIRECTORY/tls.crt under systemd, else /etc/sockhook/tls.crt]",
+    set: |a, v| put(&mut a.tls_cert, Some(v.into())),
+};
+
+static TLS_KEY: Opt = Opt {
+    name: "tls-key",
+    value: "FILE",
+    help: "HTTPS private key, PEM [default: $CREDENTIALS_DIRECTORY/tls.key under systemd, else /etc/sockhook/tls.key]",
+    set: |a, v| put(&mut a.tls_key, Some(v.into())),
+};
+
+static TRUSTED_PROXY: Opt = Opt {
+    name: "trusted-proxy",
+    value: "CIDR",
+    help: "A reverse proxy (address, ADDR/BITS, or unix for Unix-socket peers) whose Forwarded or X-Forwarded-For says who the client is; repeatable [default: none]",
+    set: |a, v| {
+        let text = text("trusted-proxy", v)?;
+        let trusted = text
+            .parse()
+            .map_err(|why| Error::Usage(format!("--trusted-proxy: {why}")))?;
+        a.trusted_proxies.push(trusted);
+        Ok(())
+    },
+};
+
 static IDLE_TIMEOUT: Opt = Opt {
     name: "idle-timeout",
     value: "SECS",
     help: "Exit after SECS without connections or running commands [default: 5 under systemd; with --listen, run until stopped]",
     set: |a, v| put(&mut a.idle_timeout, Some(seconds("idle-timeout", v, true)?)),
+};
+
+static MAX_LIFETIME: Opt = Opt {
+    name: "max-lifetime",
+    value: "SECS",
+    help: "Past this age, exit at the first moment no connection is open and no command runs, so that the next activation reads renewed certificates and keys [default: 3600 under systemd; with --listen, none]",
+    set: |a, v| {
+        put(
+            &mut a.max_lifetime,
+            Some(seconds("max-lifetime", v, false)?),
+        )
+    },
 };
 
 static HEAD_TIMEOUT: Opt = Opt {
@@ -201,7 +254,12 @@ pub const COMMANDS: [Subcommand; 4] = [
             &HOOKS,
             &KEY,
             &LISTEN,
+            &LISTEN_TLS,
+            &TLS_CERT,
+            &TLS_KEY,
+            &TRUSTED_PROXY,
             &IDLE_TIMEOUT,
+            &MAX_LIFETIME,
             &HEAD_TIMEOUT,
             &REQUEST_TIMEOUT,
             &MAX_CONNECTIONS,
@@ -300,7 +358,12 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
         hooks_dir: PathBuf::from(DEFAULT_HOOKS_DIR),
         key: None,
         listen: None,
+        listen_tls: None,
+        tls_cert: None,
+        tls_key: None,
+        trusted_proxies: Vec::new(),
         idle_timeout: None,
+        max_lifetime: None,
         head_timeout: DEFAULT_HEAD_TIMEOUT,
         request_timeout: DEFAULT_REQUEST_TIMEOUT,
         limits: Limits::default(),
@@ -334,7 +397,12 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
             hooks_dir: args.hooks_dir,
             key: args.key,
             listen: args.listen,
+            listen_tls: args.listen_tls,
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
+            trusted_proxies: args.trusted_proxies,
             idle_timeout: args.idle_timeout,
+            max_lifetime: args.max_lifetime,
             head_timeout: args.head_timeout,
             request_timeout: args.request_timeout,
             limits: args.limits,

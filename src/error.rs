@@ -108,6 +108,9 @@ pub enum Refusal {
     UnsupportedCoding,
     /// A limit shared with other clients is reached; try again later (503).
     Busy(&'static str),
+    /// An HTTP/2 client with prior knowledge: answered with an HTTP/2
+    /// GOAWAY, `HTTP_1_1_REQUIRED`, logged as 505.
+    Http2,
 }
 
 impl Refusal {
@@ -128,6 +131,7 @@ impl Refusal {
             Refusal::HookBroken(_) | Refusal::Internal { .. } => 500,
             Refusal::UnsupportedCoding => 501,
             Refusal::Busy(_) => 503,
+            Refusal::Http2 => 505,
         }
     }
 
@@ -177,6 +181,7 @@ impl fmt::Display for Refusal {
             Refusal::Internal { what, source } => write!(f, "unable to {what}: {source}"),
             Refusal::UnsupportedCoding => f.write_str("transfer coding other than chunked"),
             Refusal::Busy(why) => write!(f, "busy: {why}"),
+            Refusal::Http2 => f.write_str("HTTP/2 without TLS: answered GOAWAY, HTTP_1_1_REQUIRED"),
         }
     }
 }

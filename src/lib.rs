@@ -27,6 +27,7 @@ pub(crate) mod filter;
 pub(crate) mod idle;
 pub(crate) mod limits;
 pub(crate) mod listen;
+pub(crate) mod proxy;
 pub(crate) mod reactor;
 pub(crate) mod read;
 pub(crate) mod replay;
@@ -35,6 +36,7 @@ pub(crate) mod respond;
 pub(crate) mod route;
 pub(crate) mod scheme;
 pub(crate) mod serve;
+pub(crate) mod tls;
 pub(crate) mod tools;
 pub(crate) mod verify;
 

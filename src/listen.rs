@@ -26,12 +26,33 @@ pub const LISTEN_FDS_START: RawFd = 3;
 pub const LISTEN_PID: &str = "LISTEN_PID";
 /// How many fds are passed.
 pub const LISTEN_FDS: &str = "LISTEN_FDS";
+/// Their names (`FileDescriptorName=`), colon-separated.
+pub const LISTEN_FDNAMES: &str = "LISTEN_FDNAMES";
+/// The name that makes a socket speak HTTPS (`FileDescriptorName=https`).
+pub const HTTPS_NAME: &str = "https";
+
+/// A listening socket, and whether its connections speak TLS.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The socket.
+    pub listener: Listener,
+    /// Its connections are HTTPS.
+    pub tls: bool,
+}
+
+impl Endpoint {
+    /// `http://ADDR` or `https://ADDR`, for the start-up log line.
+    pub fn describe(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.listener.describe())
+    }
+}
 
 /// What sockhook serves.
 #[derive(Debug)]
 pub enum Socket {
     /// Listening sockets (`Accept=no`, or `--listen`): accept until idle.
-    Listeners(Vec<Listener>),
+    Listeners(Vec<Endpoint>),
     /// One connected socket (`Accept=yes`): serve it, then exit.
     Connection(Stream),
 }
@@ -86,11 +107,15 @@ pub fn from_systemd() -> Result<Option<Socket>, Error> {
     if count == 0 {
         return Ok(None);
     }
+    let names = fd_names(std::env::var(LISTEN_FDNAMES).ok().as_deref(), count);
     let mut listeners = Vec::with_capacity(count);
     let mut connection = None;
-    for fd in (LISTEN_FDS_START..).take(count) {
+    for (fd, name) in (LISTEN_FDS_START..).zip(names) {
         match adopt(fd)? {
-            Adopted::Listener(l) => listeners.push(l),
+            Adopted::Listener(listener) => listeners.push(Endpoint {
+                listener,
+                tls: name == HTTPS_NAME,
+            }),
             Adopted::Connection(c) => connection = Some(c),
         }
     }
@@ -101,6 +126,19 @@ pub fn from_systemd() -> Result<Option<Socket>, Error> {
         ))),
         (None, _) => Ok(Some(Socket::Listeners(listeners))),
     }
+}
+
+/// The name of each of `count` fds: `LISTEN_FDNAMES` split at `:`, an
+/// empty name for each it does not cover (sd_listen_fds_with_names(3)).
+pub fn fd_names(names: Option<&str>, count: usize) -> Vec<String> {
+    let mut names: Vec<String> = names
+        .unwrap_or("")
+        .split(':')
+        .take(count)
+        .map(str::to_owned)
+        .collect();
+    names.resize(count, String::new());
+    names
 }
 
 enum Adopted {
@@ -185,11 +223,11 @@ pub fn close_inherited_on_exec() -> Result<(), Error> {
     Ok(())
 }
 
-/// Binds `addr` (`IP:PORT`) for `--listen`.
-pub fn bind(addr: &str) -> Result<Listener, Error> {
+/// Binds `addr` (`IP:PORT`) for `--listen` or `--listen-tls` (`option`).
+pub fn bind(option: &str, addr: &str) -> Result<Listener, Error> {
     let parsed: SocketAddr = addr.parse().map_err(|_| {
         Error::Usage(format!(
-            "--listen wants IP:PORT such as 127.0.0.1:7777, not {addr:?}"
+            "--{option} wants IP:PORT such as 127.0.0.1:7777, not {addr:?}"
         ))
     })?;
     TcpListener::bind(parsed)
@@ -312,6 +350,15 @@ impl Write for Stream {
 #[cfg(test)]
 mod tests {
     use super::passed_fds;
+
+    #[test]
+    fn fd_names_are_split_and_padded() {
+        use super::fd_names;
+        assert_eq!(fd_names(Some("http:https"), 2), ["http", "https"]);
+        assert_eq!(fd_names(Some("https"), 2), ["https", ""]);
+        assert_eq!(fd_names(None, 1), [""]);
+        assert_eq!(fd_names(Some("a:b:c"), 2), ["a", "b"]);
+    }
 
     #[test]
     fn no_listen_fds_means_no_socket() {

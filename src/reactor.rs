@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::io::{self, PipeReader, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -29,11 +29,13 @@ use crate::act::Job;
 use crate::error::{Error, Lost, Refusal};
 use crate::idle::Activity;
 use crate::limits::{Connections, Limits, Source};
-use crate::listen::{Listener, Stream};
+use crate::listen::{Endpoint, Stream};
 use crate::log::{self, Last, Level};
+use crate::proxy::{self, Trusted};
 use crate::read::{Head, HeadReader};
 use crate::request::{self, Accepted, Admitted, Config, Shared};
 use crate::respond::{Closing, DRAIN_TIMEOUT, REFUSAL_DRAIN_TIMEOUT, Response, Step};
+use crate::tls::{self, Transport};
 use crate::{info, warning};
 
 /// Time a client has for its request head, unless `--head-timeout` says otherwise.
@@ -52,7 +54,7 @@ const ACCEPT_TURN: usize = 64;
 const REFUSED_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// How the loop is asked to run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// Time a client has for its request head.
     pub head_timeout: Duration,
@@ -60,8 +62,15 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Idle time before the loop ends; `None` runs until stopped.
     pub idle_timeout: Option<Duration>,
+    /// Past this age the loop ends at the first moment nothing is going on,
+    /// so that the next activation reads the credentials afresh.
+    pub max_lifetime: Option<Duration>,
     /// Connections and bytes a client may take.
     pub limits: Limits,
+    /// Peers that may say who the client is.
+    pub trusted: Vec<Trusted>,
+    /// The certificate and key for the HTTPS sockets.
+    pub tls: tls::Files,
 }
 
 /// Why the loop ended.
@@ -69,6 +78,8 @@ pub struct Settings {
 pub enum Ended {
     /// No connection and no run for the idle timeout.
     Idle,
+    /// Older than the maximum lifetime, and nothing going on.
+    Expired,
     /// A stop signal, and everything in progress has finished.
     Stopped,
     /// The one connection (`Accept=yes`) is served and its run finished.
@@ -83,8 +94,12 @@ const FIRST_CONNECTION: u64 = 1 << 32;
 
 /// One client connection and where its request is.
 struct Conn {
-    stream: Stream,
+    transport: Transport,
     peer: Option<SocketAddr>,
+    /// The client's address: the peer's, or the one a trusted proxy forwards.
+    client: Option<IpAddr>,
+    /// The peer is a trusted proxy, exempt from the per-source limit.
+    proxy: bool,
     source: Source,
     accepted: Instant,
     deadline: Instant,
@@ -121,7 +136,7 @@ struct Answering {
 struct Task {
     id: u64,
     head: Head,
-    peer: Option<SocketAddr>,
+    client: Option<IpAddr>,
     admitted: Admitted,
 }
 
@@ -190,7 +205,7 @@ impl Workers {
                     let task = queue.lock().unwrap_or_else(|e| e.into_inner()).recv();
                     *idle.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
                     let Ok(task) = task else { return };
-                    let outcome = request::decide(&shared, &task.head, task.peer, task.admitted);
+                    let outcome = request::decide(&shared, &task.head, task.client, task.admitted);
                     if decided
                         .send(Decided {
                             id: task.id,
@@ -210,7 +225,10 @@ impl Workers {
 /// The loop's state.
 struct Reactor<'a> {
     epoll: Epoll,
-    listeners: &'a [Listener],
+    listeners: &'a [Endpoint],
+    /// The HTTPS configuration, loaded at the first TLS connection; `Err`
+    /// once loading failed (logged once).
+    tls: Option<Result<Arc<rustls::ServerConfig>, ()>>,
     accepting: bool,
     /// Accepting failed for want of resources; retried when a connection closes.
     paused: bool,
@@ -236,7 +254,7 @@ struct Reactor<'a> {
 /// Serves `listeners` (or the one `connection`) until idle, stopped, or served.
 #[allow(clippy::too_many_arguments)]
 pub fn run(
-    listeners: &[Listener],
+    listeners: &[Endpoint],
     connection: Option<Stream>,
     config: Config,
     shared: &Arc<Shared>,
@@ -254,12 +272,13 @@ pub fn run(
     };
     watch(signals.as_fd(), SIGNALS, "the signalfd")?;
     watch(wake.as_fd(), WAKE, "the wake-up pipe")?;
-    for (i, listener) in listeners.iter().enumerate() {
-        listener
+    for (i, endpoint) in listeners.iter().enumerate() {
+        endpoint
+            .listener
             .set_nonblocking()
             .map_err(|e| Error::system("make the listening socket non-blocking", e))?;
         watch(
-            listener.as_fd(),
+            endpoint.listener.as_fd(),
             LISTENERS + i as u64,
             "the listening socket",
         )?;
@@ -268,6 +287,7 @@ pub fn run(
     let mut reactor = Reactor {
         epoll,
         listeners,
+        tls: None,
         accepting: true,
         paused: false,
         conns: HashMap::new(),
@@ -287,16 +307,27 @@ pub fn run(
     };
     let one = connection.is_some();
     if let Some(stream) = connection {
-        reactor.admit(stream);
+        reactor.admit(stream, false);
     }
     let mut stopping = false;
     let mut events = vec![EpollEvent::empty(); 256];
+    let started = Instant::now();
     loop {
         let now = Instant::now();
-        let idle_left = match (settings.idle_timeout, one || stopping) {
-            (Some(limit), false) if reactor.conns.is_empty() => activity
-                .idle_for()
-                .map(|idle| limit.saturating_sub(idle.min(reactor.last_close.elapsed()))),
+        let expires_in = reactor
+            .settings
+            .max_lifetime
+            .map(|max| max.saturating_sub(started.elapsed()));
+        let expired = expires_in.is_some_and(|left| left.is_zero());
+        let limit = match reactor.settings.idle_timeout {
+            Some(_) if expired => Some(Duration::ZERO),
+            limit => limit,
+        };
+        let idle_left = match (limit, one || stopping) {
+            (Some(limit), false) if reactor.conns.is_empty() => activity.idle_for().map(|idle| {
+                let left = limit.saturating_sub(idle.min(reactor.last_close.elapsed()));
+                expires_in.map_or(left, |e| left.min(e))
+            }),
             _ => None,
         };
         let next = reactor
@@ -320,7 +351,11 @@ pub fn run(
         if n == 0 && idle_left.is_some_and(|left| left <= Duration::from_millis(1)) {
             // Idle means a wait found nothing: a connection pending at the
             // limit (or at start, with --idle-timeout 0) is still served.
-            return Ok(Ended::Idle);
+            let aged = reactor
+                .settings
+                .max_lifetime
+                .is_some_and(|max| started.elapsed() >= max);
+            return Ok(if aged { Ended::Expired } else { Ended::Idle });
         }
         for event in &events[..n] {
             match event.data() {
@@ -366,8 +401,8 @@ pub fn run(
 
 impl Reactor<'_> {
     fn stop_accepting(&mut self) {
-        for listener in self.listeners {
-            let _ = self.epoll.delete(listener.as_fd());
+        for endpoint in self.listeners {
+            let _ = self.epoll.delete(endpoint.listener.as_fd());
         }
         self.accepting = false;
     }
@@ -378,9 +413,9 @@ impl Reactor<'_> {
             return;
         }
         self.paused = false;
-        for (i, listener) in self.listeners.iter().enumerate() {
+        for (i, endpoint) in self.listeners.iter().enumerate() {
             let event = EpollEvent::new(EpollFlags::EPOLLIN, LISTENERS + i as u64);
-            let _ = self.epoll.add(listener.as_fd(), event);
+            let _ = self.epoll.add(endpoint.listener.as_fd(), event);
         }
         self.accepting = true;
     }
@@ -388,8 +423,9 @@ impl Reactor<'_> {
     /// Accepts what is pending on listener `i`, a turn's worth.
     fn accept(&mut self, i: usize) {
         for _ in 0..ACCEPT_TURN {
-            match self.listeners[i].accept() {
-                Ok(stream) => self.admit(stream),
+            let endpoint = &self.listeners[i];
+            match endpoint.listener.accept() {
+                Ok(stream) => self.admit(stream, endpoint.tls),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
                     if matches!(
@@ -409,14 +445,18 @@ impl Reactor<'_> {
     }
 
     /// Takes a new connection in, if its source and the whole have room.
-    fn admit(&mut self, stream: Stream) {
+    fn admit(&mut self, stream: Stream, tls: bool) {
         let peer = stream.peer_addr();
         let source = Source::of(peer);
         let limits = self.settings.limits;
-        if !self
-            .connections
-            .admit(source, limits.connections_per_source)
-        {
+        // A trusted proxy speaks for many clients: the limit is on the whole.
+        let proxy = proxy::is_trusted(&self.settings.trusted, peer);
+        let per_source = if proxy {
+            limits.max_connections
+        } else {
+            limits.connections_per_source
+        };
+        if !self.connections.admit(source, per_source) {
             *self.refused.entry(source).or_default() += 1;
             if self.refused_reported.is_none() {
                 self.report_refused(true);
@@ -438,12 +478,34 @@ impl Reactor<'_> {
             self.connections.release(source);
             return;
         }
+        let transport = match tls {
+            false => Transport::Plain(stream),
+            true => match self
+                .tls_config()
+                .map(|config| Transport::tls(stream, config))
+            {
+                Some(Ok(transport)) => transport,
+                Some(Err(e)) => {
+                    warning!("{}: unable to start TLS: {e}", describe(peer));
+                    self.connections.release(source);
+                    return;
+                }
+                // No usable certificate (logged once): closed unanswered,
+                // as nothing can be said to a TLS client without one.
+                None => {
+                    self.connections.release(source);
+                    return;
+                }
+            },
+        };
         let id = self.next_id;
         self.next_id += 1;
         let now = Instant::now();
         let conn = Conn {
-            stream,
+            transport,
             peer,
+            client: peer.map(|p| p.ip()),
+            proxy,
             source,
             accepted: now,
             deadline: now
@@ -460,6 +522,29 @@ impl Reactor<'_> {
         self.deadlines.insert((conn.deadline, id));
         self.conns.insert(id, conn);
         self.watch(id, Some(EpollFlags::EPOLLIN));
+    }
+
+    /// The HTTPS configuration, loaded at the first TLS connection of the
+    /// activation; `None` (logged the first time) when it cannot be.
+    fn tls_config(&mut self) -> Option<Arc<rustls::ServerConfig>> {
+        let files = &self.settings.tls;
+        let loaded = self.tls.get_or_insert_with(|| match tls::load(files) {
+            Ok(loaded) => {
+                info!(
+                    "HTTPS: certificate chain of {} certificate(s) from {}",
+                    loaded.chain.len(),
+                    files.cert.display()
+                );
+                Ok(loaded.config)
+            }
+            Err(problem) => {
+                crate::error!(
+                    "{problem}; HTTPS connections are closed unanswered until it is fixed (plain HTTP is unaffected)"
+                );
+                Err(())
+            }
+        });
+        loaded.as_ref().ok().cloned()
     }
 
     /// Makes room when every slot is taken: the oldest connection still
@@ -505,7 +590,7 @@ impl Reactor<'_> {
         if conn.watching == flags {
             return;
         }
-        let fd = conn.stream.as_fd();
+        let fd = conn.transport.as_fd();
         let done = match (conn.watching, flags) {
             (None, Some(f)) => self.epoll.add(fd, EpollEvent::new(f, id)),
             (Some(_), Some(f)) => self.epoll.modify(fd, &mut EpollEvent::new(f, id)),
@@ -545,19 +630,33 @@ impl Reactor<'_> {
         }
     }
 
-    /// Writes pending `100 Continue` bytes.
+    /// Writes what waits to go while the request is read: `100 Continue`,
+    /// and the TLS handshake's records.
     fn flush_out(&mut self, id: u64) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        match conn.stream.write(&conn.out) {
+        let written = match conn.out.is_empty() {
+            true => Ok(0),
+            false => conn.transport.write(&conn.out),
+        };
+        match written.and_then(|n| conn.transport.flush_pending().map(|()| n)) {
             Ok(n) => {
                 conn.out.drain(..n);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return self.lose(id, Lost::Io(e)),
         }
-        let flags = if self.conns[&id].out.is_empty() {
+        self.watch_reading(id);
+    }
+
+    /// Watches a connection whose request is being read: for input, and for
+    /// writability while anything waits to go out.
+    fn watch_reading(&mut self, id: u64) {
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
+        let flags = if conn.out.is_empty() && !conn.transport.wants_write() {
             EpollFlags::EPOLLIN
         } else {
             EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT
@@ -575,10 +674,15 @@ impl Reactor<'_> {
             if !matches!(conn.phase, Phase::Head(_) | Phase::Body(_)) {
                 return;
             }
-            let n = match conn.stream.read(&mut self.scratch) {
+            let n = match conn.transport.read(&mut self.scratch) {
                 Ok(0) => return self.lose(id, Lost::Closed),
                 Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if conn.transport.is_tls() {
+                        self.watch_reading(id);
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.lose(id, Lost::Io(e)),
             };
@@ -622,7 +726,14 @@ impl Reactor<'_> {
             return;
         };
         conn.line = Some(request::head_line(&head));
-        let source = conn.source;
+        if conn.proxy {
+            conn.client = proxy::client(&self.settings.trusted, conn.peer, &head);
+        }
+        // Limits go by the client, also when a trusted proxy forwards for it.
+        let source = match conn.client {
+            Some(ip) => Source::of(Some(SocketAddr::new(ip, 0))),
+            None => conn.source,
+        };
         self.config.refresh(&head.path);
         let (name, admitted) =
             request::admit(&self.config, self.shared, &head, source, !rest.is_empty());
@@ -663,7 +774,7 @@ impl Reactor<'_> {
         let task = Task {
             id,
             head,
-            peer: conn.peer,
+            client: conn.client,
             admitted,
         };
         self.watch(id, None);
@@ -729,9 +840,11 @@ impl Reactor<'_> {
             return;
         };
         let step = if readable {
-            answering.closing.drain(&mut conn.stream, &mut self.discard)
+            answering
+                .closing
+                .drain(&mut Raw(&mut conn.transport), &mut self.discard)
         } else {
-            answering.closing.write(&mut conn.stream)
+            answering.closing.write(&mut conn.transport)
         };
         self.step(id, step);
     }
@@ -776,7 +889,7 @@ impl Reactor<'_> {
         let Some((level, status, note)) = answering.log.take() else {
             return;
         };
-        let peer = describe(conn.peer);
+        let peer = describe_client(conn);
         let line = conn.line.as_deref().unwrap_or("- -");
         let hook = conn
             .hook
@@ -796,7 +909,14 @@ impl Reactor<'_> {
         let Some(conn) = self.conns.get(&id) else {
             return;
         };
-        let peer = describe(conn.peer);
+        let peer = describe_client(conn);
+        if conn.transport.handshaking() {
+            match &lost {
+                Lost::Closed => info!("{peer}: closed during the TLS handshake"),
+                Lost::Io(e) => warning!("{peer}: TLS handshake failed: {e}"),
+            }
+            return self.close(id);
+        }
         let line = conn.line.clone().or_else(|| match &conn.phase {
             Phase::Head(reader) => reader
                 .request_line()
@@ -820,11 +940,11 @@ impl Reactor<'_> {
         };
         self.deadlines.remove(&(conn.deadline, id));
         if conn.watching.is_some() {
-            let _ = self.epoll.delete(conn.stream.as_fd());
+            let _ = self.epoll.delete(conn.transport.as_fd());
         }
         self.connections.release(conn.source);
         self.last_close = Instant::now();
-        drop(conn.stream);
+        drop(conn.transport);
         self.resume_if_paused();
         if let Phase::Closing(answering) = conn.phase
             && let Some(job) = answering.job
@@ -869,4 +989,22 @@ impl Reactor<'_> {
 /// A peer for the log.
 fn describe(peer: Option<SocketAddr>) -> String {
     peer.map_or_else(|| "unix".to_owned(), |a| a.to_string())
+}
+
+/// The client for the log: the peer, or the forwarded address and the proxy.
+fn describe_client(conn: &Conn) -> String {
+    let peer = describe(conn.peer);
+    match conn.client {
+        Some(ip) if conn.peer.map(|p| p.ip()) != Some(ip) => format!("{ip} via {peer}"),
+        _ => peer,
+    }
+}
+
+/// Reads the raw socket under a transport: what a drain discards.
+struct Raw<'t>(&'t mut Transport);
+
+impl Read for Raw<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read_raw(buf)
+    }
 }

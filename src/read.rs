@@ -119,6 +119,13 @@ impl Head {
 /// Returns the head and its length in bytes, `None` if more bytes are needed,
 /// or the error to answer with. Pure, so that every case is a unit test.
 pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, Refusal> {
+    if buf.starts_with(HTTP2_PREFACE_LINE) {
+        return Err(Refusal::Http2);
+    }
+    if HTTP2_PREFACE_LINE.starts_with(buf) {
+        // Perhaps the start of it: httparse would refuse HTTP/2.0 as a version.
+        return Ok(None);
+    }
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut request = httparse::Request::new(&mut fields);
     let len = match request.parse(buf) {
@@ -251,6 +258,9 @@ fn parse_length(value: &[u8]) -> Result<u64, Refusal> {
         .and_then(|s| s.parse().ok())
         .ok_or(invalid)
 }
+
+/// How an HTTP/2 client with prior knowledge starts (RFC 9113 §3.4).
+const HTTP2_PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 /// Collects a request head from bytes as they arrive, never more than
 /// [`MAX_HEAD_BYTES`]: what the event loop feeds each connection's reads to.
@@ -779,7 +789,7 @@ mod tests {
 
     refused! {
         garbage_is_400, b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n", 400;
-        http2_preface_is_400, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400;
+        http2_preface_is_505, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505;
         http09_is_400, b"GET /hooks/a\r\n\r\n", 400;
         absolute_form_is_400, b"POST http://example.com/hooks/a HTTP/1.1\r\nHost: x\r\n\r\n", 400;
         asterisk_form_is_400, b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", 400;

@@ -9,7 +9,7 @@
 //! filter: work that must not stall the loop). The loop then writes the
 //! [`answer`], half-closes, drains, closes — and only then starts the job.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -215,7 +215,7 @@ impl Admitted {
 pub fn decide(
     shared: &Shared,
     head: &Head,
-    peer: Option<SocketAddr>,
+    client: Option<IpAddr>,
     admitted: Admitted,
 ) -> Result<Accepted, Refusal> {
     let Admitted {
@@ -241,7 +241,7 @@ pub fn decide(
         return Ok(Accepted::Ignored(why));
     }
     let ticket = shared.runner.ticket();
-    Ok(Accepted::Run(Job::new(hook, head, peer, body, ticket)))
+    Ok(Accepted::Run(Job::new(hook, head, client, body, ticket)))
 }
 
 /// The response to an outcome, with the level and the words of its log line.

@@ -28,6 +28,17 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// What a 503 asks the client to wait before it tries again, in seconds.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
+/// What an HTTP/2 client that did not ask first gets: the server's
+/// connection preface, an empty SETTINGS frame, then GOAWAY with the last
+/// stream 0 and the error HTTP_1_1_REQUIRED (0xd), so that it says why
+/// (RFC 9113 §3.4, §6.8, §7).
+const HTTP2_GOAWAY: [u8; 26] = [
+    0, 0, 0, 0x4, 0, 0, 0, 0, 0, // SETTINGS, empty
+    0, 0, 8, 0x7, 0, 0, 0, 0, 0, // GOAWAY, 8 bytes
+    0, 0, 0, 0, // last stream id
+    0, 0, 0, 0xd, // HTTP_1_1_REQUIRED
+];
+
 /// A response: status, extra header fields, and a short plain-text body.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Response {
@@ -37,6 +48,8 @@ pub struct Response {
     pub headers: Vec<(&'static str, String)>,
     /// The body; empty for 204.
     pub body: String,
+    /// Answer in HTTP/2 frames instead ([`Refusal::Http2`]).
+    pub http2: bool,
 }
 
 impl Response {
@@ -46,6 +59,7 @@ impl Response {
             status: 204,
             headers: Vec::new(),
             body: String::new(),
+            http2: false,
         }
     }
 
@@ -55,6 +69,7 @@ impl Response {
             status: 200,
             headers: Vec::new(),
             body: format!("{text}\n"),
+            http2: false,
         }
     }
 
@@ -80,11 +95,15 @@ impl Response {
             status: refusal.status(),
             headers,
             body: format!("{body}\n"),
+            http2: matches!(refusal, Refusal::Http2),
         }
     }
 
     /// The bytes on the wire, dated `now`.
     pub fn to_bytes(&self, now: SystemTime) -> Vec<u8> {
+        if self.http2 {
+            return HTTP2_GOAWAY.to_vec();
+        }
         let mut out = format!(
             "HTTP/1.1 {} {}\r\nDate: {}\r\nConnection: close\r\n",
             self.status,
@@ -110,7 +129,7 @@ impl Response {
 }
 
 /// Every status sockhook sends, with its reason phrase (RFC 9110 §15).
-pub const STATUSES: [(u16, &str); 17] = [
+pub const STATUSES: [(u16, &str); 18] = [
     (100, "Continue"),
     (200, "OK"),
     (204, "No Content"),
@@ -128,6 +147,7 @@ pub const STATUSES: [(u16, &str); 17] = [
     (500, "Internal Server Error"),
     (501, "Not Implemented"),
     (503, "Service Unavailable"),
+    (505, "HTTP Version Not Supported"),
 ];
 
 /// The reason phrase of `status`.

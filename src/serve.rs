@@ -17,15 +17,19 @@ use crate::error::{EXIT_FAILED, EXIT_OK, Error};
 use crate::idle::Activity;
 use crate::info;
 use crate::limits::{Budget, Limits};
-use crate::listen::{self, Listener, Socket};
+use crate::listen::{self, Endpoint, Socket};
+use crate::proxy::Trusted;
 use crate::reactor::{self, Ended, Settings};
 use crate::replay::Replay;
 use crate::request::{Config, Shared};
+use crate::tls;
 
 /// Set by systemd to the service's `RuntimeDirectory=`.
 pub const RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";
 /// Idle time before exiting, when started by systemd.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long an activation serves at most, when started by systemd.
+pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// What `sockhook serve` was asked to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,8 +40,19 @@ pub struct Options {
     pub key: Option<PathBuf>,
     /// Address to bind when systemd passed no socket.
     pub listen: Option<String>,
+    /// Address to bind for HTTPS when systemd passed no socket.
+    pub listen_tls: Option<String>,
+    /// The certificate chain; `None` for the default.
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key; `None` for the default.
+    pub tls_key: Option<PathBuf>,
+    /// Peers that may say who the client is.
+    pub trusted_proxies: Vec<Trusted>,
     /// Idle time before exiting; `None`: 5 s under systemd, never with `--listen`.
     pub idle_timeout: Option<Duration>,
+    /// Age past which sockhook exits when quiet; `None`: an hour under
+    /// systemd, never with `--listen`.
+    pub max_lifetime: Option<Duration>,
     /// Time a client has for its request head.
     pub head_timeout: Duration,
     /// Time a client has for its whole request.
@@ -55,14 +70,34 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
     let idle_timeout = options
         .idle_timeout
         .or(passed.is_some().then_some(DEFAULT_IDLE_TIMEOUT));
-    let socket = match (passed, &options.listen) {
-        (Some(socket), _) => socket,
-        (None, Some(addr)) => Socket::Listeners(vec![listen::bind(addr)?]),
-        (None, None) => {
-            return Err(Error::Usage(
-                "no socket: start sockhook from a systemd .socket unit, or pass --listen IP:PORT"
-                    .into(),
-            ));
+    let max_lifetime = options
+        .max_lifetime
+        .or(passed.is_some().then_some(DEFAULT_MAX_LIFETIME));
+    let socket = match passed {
+        Some(socket) => socket,
+        None => {
+            let mut endpoints = Vec::new();
+            if let Some(addr) = &options.listen {
+                let listener = listen::bind("listen", addr)?;
+                endpoints.push(Endpoint {
+                    listener,
+                    tls: false,
+                });
+            }
+            if let Some(addr) = &options.listen_tls {
+                let listener = listen::bind("listen-tls", addr)?;
+                endpoints.push(Endpoint {
+                    listener,
+                    tls: true,
+                });
+            }
+            if endpoints.is_empty() {
+                return Err(Error::Usage(
+                    "no socket: start sockhook from a systemd .socket unit, or pass --listen IP:PORT or --listen-tls IP:PORT"
+                        .into(),
+                ));
+            }
+            Socket::Listeners(endpoints)
         }
     };
     let signals = stop_signals()?;
@@ -94,7 +129,14 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
         head_timeout: options.head_timeout,
         request_timeout: options.request_timeout,
         idle_timeout,
+        max_lifetime,
         limits,
+        trusted: options.trusted_proxies.clone(),
+        tls: tls::Files::new(
+            options.tls_cert.as_deref(),
+            options.tls_key.as_deref(),
+            credentials.as_deref(),
+        ),
     };
     let (listeners, connection) = match socket {
         Socket::Connection(stream) => {
@@ -102,7 +144,7 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
             (Vec::new(), Some(stream))
         }
         Socket::Listeners(listeners) => {
-            let on: Vec<String> = listeners.iter().map(Listener::describe).collect();
+            let on: Vec<String> = listeners.iter().map(Endpoint::describe).collect();
             let until = idle_timeout.map_or("stopped".into(), |t| {
                 format!("idle for {} s", t.as_secs_f64())
             });
@@ -121,6 +163,7 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
     )?;
     let reason = match ended {
         Ended::Idle => "idle",
+        Ended::Expired => "served its --max-lifetime; the next activation reads credentials afresh",
         Ended::Stopped => "stopped",
         Ended::Served => "connection served",
     };

@@ -255,11 +255,6 @@ refused! {
         hello.extend_from_slice(b"\x00\x00\x04\x13\x01\x13\x02\x01\x00\x00\x97\x00\x00\x00\x0e");
         hello
     } => status(400).logs("malformed request");
-    http2_preface: |_| {
-        let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-        preface.extend_from_slice(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00");
-        preface
-    } => status(400).logs("malformed request");
     http09_request_line: |_| b"GET /hooks/a\r\n".to_vec() => status(400);
 
     // Request targets that are not origin-form, or carry forbidden bytes.
@@ -782,5 +777,42 @@ fn slow_client_gets_408_at_the_deadline() {
         &rest,
         &status(408).logs("request not complete within the deadline"),
     );
+    case.finish([1, 0, 0]);
+}
+
+/// The server's preface (an empty SETTINGS frame) and a GOAWAY with last
+/// stream 0 and HTTP_1_1_REQUIRED (RFC 9113 §3.4, §6.8).
+const HTTP2_GOAWAY: &[u8] =
+    b"\x00\x00\x00\x04\x00\x00\x00\x00\x00\x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x0d";
+
+/// An HTTP/2 client with prior knowledge on the plain port gets an HTTP/2
+/// GOAWAY that says HTTP/1.1 is required, not HTTP/1.1 text it cannot read.
+#[test]
+fn http2_prior_knowledge_gets_goaway_http_1_1_required() {
+    let case = Case::start("http2", ARGS);
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend_from_slice(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00");
+    let reply = case.server.request(&preface);
+    assert_eq!(
+        reply.bytes,
+        HTTP2_GOAWAY,
+        "{reply:?}\n{}",
+        case.server.log()
+    );
+    assert!(reply.error.is_none(), "{reply:?}");
+    case.server.wait_log(
+        "PRI * 505: HTTP/2 without TLS: answered GOAWAY, HTTP_1_1_REQUIRED",
+        1,
+    );
+    // curl tells why (13 is HTTP_1_1_REQUIRED), where it used to report
+    // "Empty reply from server" to an HTTP/1.1 400 it could not read.
+    let out = std::process::Command::new("curl")
+        .args(["-v", "--http2-prior-knowledge", "--max-time", "10"])
+        .arg(format!("http://{}/hooks/a", case.server.addr))
+        .output()
+        .expect("curl");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(stderr.contains("GOAWAY, error=13"), "curl said: {stderr}");
     case.finish([1, 0, 0]);
 }

@@ -92,7 +92,7 @@ fn ipv6_listening_socket_on_fd3_is_served() {
     let out = output_within(child, PATIENCE);
     let log = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{log}");
-    assert!(log.contains("listening on [::1]:"), "{log}");
+    assert!(log.contains("listening on http://[::1]:"), "{log}");
     assert_eq!(f.read("a.stdin"), b"v6", "{log}");
 }
 
