@@ -66,6 +66,101 @@ pub struct Job {
     /// When the request was accepted, from [`Runner::ticket`]: orders jobs by
     /// acceptance rather than by when their clients closed the connection.
     ticket: u64,
+    /// Who wants to know about the run that covers this job.
+    watches: Vec<Box<dyn Watch>>,
+}
+
+/// One of a run's outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Out {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+#[allow(dead_code, reason = "read by the watches of the next commits")]
+pub enum Outcome {
+    /// The command could not be started: why.
+    NotStarted(String),
+    /// It ran.
+    Ran {
+        /// Its process id.
+        pid: u32,
+        /// How it exited; `None` if it could not be waited for.
+        status: Option<ExitStatus>,
+        /// It outlived the hook's `timeout` and was stopped.
+        timed_out: bool,
+        /// It was stopped because sockhook stopped.
+        stopped: bool,
+        /// How long it ran.
+        elapsed: Duration,
+    },
+}
+
+impl Outcome {
+    /// Whether the run counts as a success: exit 0 in time, or ended by
+    /// sockhook's own stop (which is not the command failing).
+    pub fn success(&self) -> bool {
+        match self {
+            Outcome::NotStarted(_) => false,
+            Outcome::Ran {
+                status: Some(status),
+                timed_out: false,
+                stopped,
+                ..
+            } => status.success() || (*stopped && status.signal().is_some()),
+            Outcome::Ran { .. } => false,
+        }
+    }
+}
+
+/// Why no run covers a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dropped {
+    /// sockhook is stopping and starts no more runs.
+    Stopping,
+    /// A request accepted later was already run or queued first; that run
+    /// covers this one, but it had started before this was known.
+    Superseded,
+    /// No thread could be started for the run.
+    NoThread,
+}
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Dropped::Stopping => "sockhook is stopping",
+            Dropped::Superseded => "a newer request was already run or queued",
+            Dropped::NoThread => "no thread could be started for the run",
+        })
+    }
+}
+
+/// An observer of the run that covers a job: told when it starts, what it
+/// prints, and how it ends — or that none will cover it. A job that is
+/// coalesced into a newer one hands its watches on to it.
+pub trait Watch: Send {
+    /// The run started as process `pid`.
+    fn started(&mut self, _pid: u32) {}
+    /// The run printed one line (at most `Clean::OUTPUT_MAX` bytes, with its
+    /// line feed if it had one) on `out`.
+    fn output(&mut self, _out: Out, _line: &[u8]) {}
+    /// This job was coalesced into the newer one with `ticket`, whose run covers it.
+    fn coalesced(&mut self, _ticket: u64) {}
+    /// The run ended.
+    fn ended(self: Box<Self>, outcome: &Outcome);
+    /// No run will cover the job.
+    fn dropped(self: Box<Self>, why: Dropped);
+}
+
+/// The watches of a run in progress, shared with the threads reading its output.
+type Watches = Arc<Mutex<Vec<Box<dyn Watch>>>>;
+
+fn lock_watches(watches: &Watches) -> MutexGuard<'_, Vec<Box<dyn Watch>>> {
+    watches.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Job {
@@ -100,6 +195,31 @@ impl Job {
             env,
             body,
             ticket,
+            watches: Vec::new(),
+        }
+    }
+
+    /// Adds an observer of the run that will cover this job.
+    #[allow(dead_code, reason = "used by the watches of the next commits")]
+    pub fn watch(&mut self, watch: Box<dyn Watch>) {
+        self.watches.push(watch);
+    }
+
+    /// The ticket of the request this job is for.
+    #[allow(dead_code, reason = "used by the watches of the next commits")]
+    pub fn ticket(&self) -> u64 {
+        self.ticket
+    }
+
+    /// The hook it runs.
+    #[allow(dead_code, reason = "used by the watches of the next commits")]
+    pub fn hook(&self) -> &Hook {
+        &self.hook
+    }
+
+    fn drop_with(self, why: Dropped) {
+        for watch in self.watches {
+            watch.dropped(why);
         }
     }
 }
@@ -155,39 +275,69 @@ impl Runner {
     /// A job older than one already started or queued for the hook is dropped:
     /// that newer run starts after this request was accepted, so it covers it,
     /// and running the older body last would undo the newer one.
-    pub fn trigger(&self, job: Job) {
+    pub fn trigger(&self, mut job: Job) {
         let name = job.hook.name.clone();
         let mut runs = self.shared.lock();
         if runs.stopping {
             warning!("hook {name}: not run: sockhook is stopping");
-            return;
+            drop(runs);
+            return job.drop_with(Dropped::Stopping);
         }
         let newest = runs.newest.entry(name.clone()).or_default();
         if job.ticket < *newest {
+            // A follow-up run that has not started covers this request fully.
+            if let Some(Some(queued)) = runs.queued.get_mut(&name) {
+                info!("hook {name}: run coalesced into the queued one of a newer request");
+                for mut watch in job.watches {
+                    watch.coalesced(queued.ticket);
+                    queued.watches.push(watch);
+                }
+                return;
+            }
             info!("hook {name}: not run: a newer request was already run or queued");
-            return;
+            drop(runs);
+            return job.drop_with(Dropped::Superseded);
         }
         *newest = job.ticket;
         if let Some(queued) = runs.queued.get_mut(&name) {
-            if queued.replace(job).is_some() {
-                info!("hook {name}: queued run replaced by a newer request");
-            } else {
-                info!("hook {name}: run queued behind the one in progress");
+            match queued.take() {
+                Some(replaced) => {
+                    info!("hook {name}: queued run replaced by a newer request");
+                    for mut watch in replaced.watches {
+                        watch.coalesced(job.ticket);
+                        job.watches.push(watch);
+                    }
+                }
+                None => info!("hook {name}: run queued behind the one in progress"),
             }
+            *queued = Some(job);
             return;
         }
         runs.queued.insert(name.clone(), None);
         drop(runs);
         let busy = self.shared.activity.run();
         let shared = Arc::clone(&self.shared);
+        // Handed over through a slot, so that it is not lost with a thread
+        // that cannot be started.
+        let slot = Arc::new(Mutex::new(Some(job)));
+        let taken = Arc::clone(&slot);
         let spawned = thread::Builder::new()
             .name(format!("run {name}"))
-            .spawn(move || run_loop(&shared, job, busy));
+            .spawn(move || {
+                let job = taken.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(job) = job {
+                    run_loop(&shared, job, busy);
+                }
+            });
         if let Err(e) = spawned {
             error!("hook {name}: unable to start a thread for the run: {e}");
             let mut runs = self.shared.lock();
             runs.queued.remove(&name);
             runs.failures += 1;
+            drop(runs);
+            if let Some(job) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                job.drop_with(Dropped::NoThread);
+            }
         }
     }
 
@@ -216,25 +366,35 @@ impl Shared {
 fn run_loop(shared: &Shared, mut job: Job, busy: Busy) {
     let name = job.hook.name.clone();
     loop {
-        let ok = run_once(shared, job);
+        let watches: Watches = Arc::new(Mutex::new(std::mem::take(&mut job.watches)));
+        let outcome = run_once(shared, job, &watches);
         let mut runs = shared.lock();
-        if !ok {
+        if !outcome.success() {
             runs.failures += 1;
         }
         let next = runs.queued.get_mut(&name).and_then(Option::take);
+        let stopping = runs.stopping;
+        if next.is_none() || stopping {
+            runs.queued.remove(&name);
+        }
+        drop(runs);
+        for watch in std::mem::take(&mut *lock_watches(&watches)) {
+            watch.ended(&outcome);
+        }
         match next {
-            Some(next) if !runs.stopping => job = next,
-            _ => {
-                runs.queued.remove(&name);
+            Some(next) if !stopping => job = next,
+            Some(next) => {
+                next.drop_with(Dropped::Stopping);
                 break;
             }
+            None => break,
         }
     }
     drop(busy);
 }
 
-/// Runs the command once, to the end; true if it exited 0 in time.
-fn run_once(shared: &Shared, job: Job) -> bool {
+/// Runs the command once, to the end, telling `watches` as it goes.
+fn run_once(shared: &Shared, job: Job, watches: &Watches) -> Outcome {
     let hook = &job.hook;
     let name = &hook.name;
     let cgroup = shared.cgroups.as_ref().and_then(|cgroups| {
@@ -247,7 +407,7 @@ fn run_once(shared: &Shared, job: Job) -> bool {
         Ok(pair) => pair,
         Err(e) => {
             error!("hook {name}: unable to start {}: {e}", hook.command[0]);
-            return false;
+            return Outcome::NotStarted(format!("unable to start {}: {e}", hook.command[0]));
         }
     };
     let started = Instant::now();
@@ -255,22 +415,26 @@ fn run_once(shared: &Shared, job: Job) -> bool {
     let group = Pid::from_raw(pid as i32);
     info!("hook {name}: run {pid} started");
     shared.lock().groups.insert(name.clone(), group);
+    for watch in lock_watches(watches).iter_mut() {
+        watch.started(pid);
+    }
 
     let (output_done, output_finished) = mpsc::channel();
     let budget = Arc::new(AtomicU64::new(MAX_LOGGED_BYTES));
     let dropped = Arc::new(AtomicU64::new(0));
-    for (pipe, level, what) in [
-        (stdout, Level::Info, "stdout"),
-        (stderr, Level::Warning, "stderr"),
+    for (pipe, out, what) in [
+        (stdout, Out::Stdout, "stdout"),
+        (stderr, Out::Stderr, "stderr"),
     ] {
         let logger = name.clone();
         let (budget, dropped) = (Arc::clone(&budget), Arc::clone(&dropped));
         let output_done = output_done.clone();
+        let watches = Arc::clone(watches);
         let _ = thread::Builder::new()
             .name(format!("log {name} {what}"))
             .stack_size(OUTPUT_STACK_BYTES)
             .spawn(move || {
-                log_output(&logger, pipe, level, &budget, &dropped);
+                read_output(&logger, pipe, out, &budget, &dropped, &watches);
                 let _ = output_done.send(());
             });
     }
@@ -322,31 +486,36 @@ fn run_once(shared: &Shared, job: Job) -> bool {
         );
     }
 
-    match status {
+    let stopping = shared.lock().stopping;
+    let stopped = stopping && matches!(&status, Ok(s) if s.signal().is_some());
+    match &status {
         Ok(status) if status.success() && !timed_out => {
             info!("hook {name}: run {pid} exited 0 after {elapsed:.3} s");
-            true
         }
         // Stopping sockhook stops its runs; that is not the command failing, and
         // counting it would leave the unit "failed" after every stop mid-run.
-        Ok(status) if status.signal().is_some() && shared.lock().stopping => {
+        Ok(status) if stopped => {
             info!(
                 "hook {name}: run {pid} {} after {elapsed:.3} s, as sockhook stopped",
-                describe(status)
+                describe(*status)
             );
-            true
         }
         Ok(status) => {
             warning!(
                 "hook {name}: run {pid} {} after {elapsed:.3} s",
-                describe(status)
+                describe(*status)
             );
-            false
         }
         Err(e) => {
             error!("hook {name}: unable to wait for run {pid}: {e}");
-            false
         }
+    }
+    Outcome::Ran {
+        pid,
+        status: status.ok(),
+        timed_out,
+        stopped,
+        elapsed: started.elapsed(),
     }
 }
 
@@ -442,17 +611,23 @@ fn limit_tasks_on_exec(command: &mut Command, tasks_max: u64) {
     }
 }
 
-/// Logs each line of one of the command's outputs, prefixed with the hook's
-/// name, until the run's `budget` of bytes is spent; counts the rest in
-/// `dropped`, still reading it so that the command is never blocked on a
-/// full pipe.
-fn log_output(
+/// Reads one of the command's outputs to its end, line by line: each line
+/// goes to the run's watches, and to the log (prefixed with the hook's
+/// name; stdout at info, stderr at warning) until the run's `budget` of
+/// bytes is spent; the rest is counted in `dropped`, still read so that the
+/// command is never blocked on a full pipe.
+fn read_output(
     name: &str,
     output: PipeReader,
-    level: Level,
+    out: Out,
     budget: &AtomicU64,
     dropped: &AtomicU64,
+    watches: &Watches,
 ) {
+    let level = match out {
+        Out::Stdout => Level::Info,
+        Out::Stderr => Level::Warning,
+    };
     let mut input = BufReader::new(output);
     let mut line = Vec::new();
     loop {
@@ -463,6 +638,9 @@ fn log_output(
         {
             Ok(0) | Err(_) => return,
             Ok(n) => {
+                for watch in lock_watches(watches).iter_mut() {
+                    watch.output(out, &line);
+                }
                 let n = n as u64;
                 let left =
                     budget.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(n));

@@ -796,7 +796,7 @@ impl Reactor<'_> {
         }
         let (response, level, note) = request::answer(&decided.outcome);
         let job = match decided.outcome {
-            Ok(Accepted::Run(job)) => Some(job),
+            Ok(Accepted::Run(job)) => Some(*job),
             _ => None,
         };
         self.answer(decided.id, response, level, note, job, DRAIN_TIMEOUT);

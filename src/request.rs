@@ -122,7 +122,7 @@ pub struct Admitted {
 /// An authenticated request, as its hook's filters judged it.
 pub enum Accepted {
     /// Run the command.
-    Run(Job),
+    Run(Box<Job>),
     /// A filter said no: answered 200, nothing runs.
     Ignored(Ignored),
 }
@@ -241,7 +241,7 @@ pub fn decide(
         return Ok(Accepted::Ignored(why));
     }
     let ticket = shared.runner.ticket();
-    Ok(Accepted::Run(Job::new(hook, head, client, body, ticket)))
+    Ok(Accepted::Run(Box::new(Job::new(hook, head, client, body, ticket))))
 }
 
 /// The response to an outcome, with the level and the words of its log line.
