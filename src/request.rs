@@ -241,7 +241,9 @@ pub fn decide(
         return Ok(Accepted::Ignored(why));
     }
     let ticket = shared.runner.ticket();
-    Ok(Accepted::Run(Box::new(Job::new(hook, head, client, body, ticket))))
+    Ok(Accepted::Run(Box::new(Job::new(
+        hook, head, client, body, ticket,
+    ))))
 }
 
 /// The response to an outcome, with the level and the words of its log line.
