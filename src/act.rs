@@ -81,7 +81,6 @@ pub enum Out {
 
 /// How a run ended.
 #[derive(Debug)]
-#[allow(dead_code, reason = "read by the watches of the next commits")]
 pub enum Outcome {
     /// The command could not be started: why.
     NotStarted(String),
@@ -200,19 +199,11 @@ impl Job {
     }
 
     /// Adds an observer of the run that will cover this job.
-    #[allow(dead_code, reason = "used by the watches of the next commits")]
     pub fn watch(&mut self, watch: Box<dyn Watch>) {
         self.watches.push(watch);
     }
 
-    /// The ticket of the request this job is for.
-    #[allow(dead_code, reason = "used by the watches of the next commits")]
-    pub fn ticket(&self) -> u64 {
-        self.ticket
-    }
-
     /// The hook it runs.
-    #[allow(dead_code, reason = "used by the watches of the next commits")]
     pub fn hook(&self) -> &Hook {
         &self.hook
     }

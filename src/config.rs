@@ -73,10 +73,47 @@ pub struct Hook {
     pub max_body: u64,
     /// Most tasks one run may have.
     pub tasks_max: u64,
+    /// When and how the request is answered (`respond` and the keys that go with it).
+    pub answer: Answer,
 }
 
+/// When a hook's requests are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Respond {
+    /// 204 once the request is authenticated; the command runs afterwards.
+    BeforeRun,
+    /// After the run, with its outcome and its stdout.
+    AfterRun,
+    /// Its stdout as the run prints it (chunked), its outcome in a trailer.
+    Stream,
+}
+
+/// How a hook's answer is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// When.
+    pub respond: Respond,
+    /// How long an answer after the run waits for it before it is 202.
+    pub timeout: Duration,
+    /// The media type of the command's stdout.
+    pub content_type: String,
+    /// Whether stderr goes into the answer too (it may hold secrets).
+    pub include_stderr: bool,
+    /// The status each exit code is answered with, where it is not the default.
+    pub exit_status: BTreeMap<i32, u16>,
+}
+
+/// How long an answer after the run waits unless the hook's
+/// `respond_timeout` says otherwise: half the 10 s that OkHttp (the HTTP
+/// Shortcuts app's client) and GitHub wait by default.
+pub const DEFAULT_RESPOND_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest `respond_timeout` a hook may set.
+pub const MAX_RESPOND_TIMEOUT_SECS: u64 = 300;
+/// The media type of an answer's body unless the hook's `content_type` says otherwise.
+pub const DEFAULT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
 /// Every key a hook file may hold, as `HookFile` reads them.
-pub const HOOK_KEYS: [&str; 10] = [
+pub const HOOK_KEYS: [&str; 15] = [
     "command",
     "auth",
     "secret",
@@ -85,6 +122,11 @@ pub const HOOK_KEYS: [&str; 10] = [
     "timeout",
     "max_body",
     "tasks_max",
+    "respond",
+    "respond_timeout",
+    "content_type",
+    "include_stderr",
+    "exit_status",
     "allow_unauthenticated",
     "match",
 ];
@@ -101,6 +143,11 @@ struct HookFile {
     timeout: Option<u64>,
     max_body: Option<u64>,
     tasks_max: Option<u64>,
+    respond: Option<String>,
+    respond_timeout: Option<u64>,
+    content_type: Option<String>,
+    include_stderr: Option<bool>,
+    exit_status: Option<BTreeMap<String, i64>>,
     allow_unauthenticated: Option<bool>,
     #[serde(rename = "match")]
     filter: Option<toml::Table>,
@@ -293,6 +340,7 @@ fn load_hook(
 }
 
 fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook, String> {
+    let answer = answer(&file)?;
     let command = file.command.ok_or(
         "command: missing; give the program and its arguments, e.g. command = [\"/usr/bin/systemctl\", \"restart\", \"kodi.service\"]",
     )?;
@@ -378,6 +426,7 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
     Ok(Hook {
         name: name.to_owned(),
         tasks_max,
+        answer,
         command,
         scheme,
         secret,
@@ -388,6 +437,75 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         },
         timeout,
         max_body,
+    })
+}
+
+/// `respond` and the keys that only mean something with it.
+fn answer(file: &HookFile) -> Result<Answer, String> {
+    let respond = match file.respond.as_deref() {
+        None | Some("before-run") => Respond::BeforeRun,
+        Some("after-run") => Respond::AfterRun,
+        Some("stream") => Respond::Stream,
+        Some(other) => {
+            return Err(format!(
+                "respond: {other:?} is not one of \"before-run\" (the default: 204, then the run), \"after-run\" (the run's outcome and output) or \"stream\" (its output as it comes)"
+            ));
+        }
+    };
+    if respond == Respond::BeforeRun {
+        let set = [
+            ("respond_timeout", file.respond_timeout.is_some()),
+            ("content_type", file.content_type.is_some()),
+            ("include_stderr", file.include_stderr.is_some()),
+            ("exit_status", file.exit_status.is_some()),
+        ];
+        if let Some((key, _)) = set.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "{key}: only applies with respond = \"after-run\" or \"stream\"; the answer (204) comes before the run"
+            ));
+        }
+    }
+    let timeout = match file.respond_timeout {
+        None => DEFAULT_RESPOND_TIMEOUT,
+        Some(secs @ 1..=MAX_RESPOND_TIMEOUT_SECS) => Duration::from_secs(secs),
+        Some(secs) => {
+            return Err(format!(
+                "respond_timeout: {secs} s is outside 1..={MAX_RESPOND_TIMEOUT_SECS}"
+            ));
+        }
+    };
+    let content_type = file
+        .content_type
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.to_owned());
+    let token = |c: char| c.is_ascii_graphic() || c == ' ';
+    if content_type.is_empty() || content_type.len() > 200 || !content_type.chars().all(token) {
+        return Err(
+            "content_type: give a media type such as \"application/json\" (printable ASCII, at most 200 bytes)"
+                .into(),
+        );
+    }
+    let mut exit_status = BTreeMap::new();
+    for (code, status) in file.exit_status.iter().flatten() {
+        let code: i32 = code
+            .parse()
+            .ok()
+            .filter(|c| (0..=255).contains(c))
+            .ok_or_else(|| format!("exit_status: {code:?} is not an exit code (0 to 255)"))?;
+        let status = u16::try_from(*status)
+            .ok()
+            .filter(|s| (200..=599).contains(s))
+            .ok_or_else(|| {
+                format!("exit_status: {code} = {status} is not a status from 200 to 599")
+            })?;
+        exit_status.insert(code, status);
+    }
+    Ok(Answer {
+        respond,
+        timeout,
+        content_type,
+        include_stderr: file.include_stderr.unwrap_or(false),
+        exit_status,
     })
 }
 

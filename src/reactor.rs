@@ -15,6 +15,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::io::{self, PipeReader, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
+use std::os::unix::process::ExitStatusExt;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread;
@@ -25,7 +26,8 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 
-use crate::act::Job;
+use crate::act::{Dropped, Job, Out, Outcome, Watch};
+use crate::config::{Answer, Respond};
 use crate::error::{Error, Lost, Refusal};
 use crate::idle::Activity;
 use crate::limits::{Connections, Limits, Source};
@@ -34,7 +36,10 @@ use crate::log::{self, Last, Level};
 use crate::proxy::{self, Trusted};
 use crate::read::{Head, HeadReader};
 use crate::request::{self, Accepted, Admitted, Config, Shared};
-use crate::respond::{Closing, DRAIN_TIMEOUT, REFUSAL_DRAIN_TIMEOUT, Response, Step};
+use crate::respond::{
+    CUT_MARKER, Closing, DRAIN_TIMEOUT, Ended as RunEnded, OUTPUT_MAX, REFUSAL_DRAIN_TIMEOUT,
+    RETRY_AFTER_SECS, Response, RunResult, Step, WRITE_TIMEOUT, chunk, last_chunk,
+};
 use crate::tls::{self, Transport};
 use crate::{info, warning};
 
@@ -120,8 +125,150 @@ enum Phase {
     Body(Box<(Head, Admitted)>),
     /// A worker decides; the socket is not watched meanwhile.
     Deciding,
+    /// Waiting for the run that covers the request (`respond = "after-run"`,
+    /// or `"stream"` until the run starts); the socket is not watched.
+    Waiting(Box<Waiting>),
+    /// Writing a run's stdout as it comes (`respond = "stream"`).
+    Streaming(Box<Streaming>),
     /// Answering, then draining; the job starts when the socket is closed.
     Closing(Box<Answering>),
+}
+
+/// A client waiting for a run's outcome.
+struct Waiting {
+    answer: Answer,
+    hook: String,
+}
+
+/// A run's stdout on its way to the client, chunk by chunk.
+struct Streaming {
+    hook: String,
+    /// Chunks not yet written. INVARIANT: at most `MAX_STREAM_PENDING` bytes.
+    out: Vec<u8>,
+    /// Bytes of stdout streamed so far.
+    streamed: u64,
+}
+
+/// What the watch of an answered-after-the-run job tells the loop.
+enum RunEvent {
+    /// The run started (streamed answers begin now).
+    Started { id: u64, pid: u32 },
+    /// A line of its stdout (streamed answers).
+    Line { id: u64, line: Vec<u8> },
+    /// How it ended, and what it printed (capped).
+    Ended { id: u64, result: RunResult },
+    /// No run will cover the request.
+    Dropped { id: u64, why: Dropped },
+}
+
+/// Most bytes of a run's stdout that a streamed answer carries.
+pub const MAX_STREAMED_BYTES: u64 = 1024 * 1024;
+/// Most bytes of a streamed answer waiting for a client that does not read;
+/// past it the client is dropped (the run goes on).
+const MAX_STREAM_PENDING: usize = 256 * 1024;
+
+/// Watches the run that covers one connection's request, for its answer.
+struct Waiter {
+    id: u64,
+    stream: bool,
+    include_stderr: bool,
+    events: Sender<RunEvent>,
+    activity: Arc<Activity>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    /// Bytes of stdout sent on while streaming.
+    streamed: u64,
+}
+
+impl Waiter {
+    fn send(&self, event: RunEvent) {
+        if self.events.send(event).is_ok() {
+            self.activity.wake();
+        }
+    }
+}
+
+/// Appends `line` to `kept`, cutting at `OUTPUT_MAX` with the marker.
+fn keep(kept: &mut Vec<u8>, line: &[u8]) {
+    if kept.len() > OUTPUT_MAX {
+        return;
+    }
+    let room = OUTPUT_MAX - kept.len();
+    if line.len() <= room {
+        kept.extend_from_slice(line);
+    } else {
+        kept.extend_from_slice(&line[..room]);
+        kept.extend_from_slice(CUT_MARKER);
+    }
+}
+
+impl Watch for Waiter {
+    fn started(&mut self, pid: u32) {
+        if self.stream {
+            self.send(RunEvent::Started { id: self.id, pid });
+        }
+    }
+
+    fn output(&mut self, out: Out, line: &[u8]) {
+        if out == Out::Stderr && !self.include_stderr {
+            return;
+        }
+        if !self.stream {
+            let kept = match out {
+                Out::Stdout => &mut self.stdout,
+                Out::Stderr => &mut self.stderr,
+            };
+            return keep(kept, line);
+        }
+        if self.streamed >= MAX_STREAMED_BYTES {
+            return;
+        }
+        let room = (MAX_STREAMED_BYTES - self.streamed) as usize;
+        let mut line = line[..line.len().min(room)].to_vec();
+        self.streamed += line.len() as u64;
+        if self.streamed >= MAX_STREAMED_BYTES {
+            line.extend_from_slice(b"\n[sockhook: output cut at 1048576 bytes]\n");
+        }
+        self.send(RunEvent::Line { id: self.id, line });
+    }
+
+    fn ended(self: Box<Self>, outcome: &Outcome) {
+        let ended = match outcome {
+            Outcome::NotStarted(why) => RunEnded::NotStarted(why.clone()),
+            Outcome::Ran {
+                timed_out: true, ..
+            } => RunEnded::TimedOut,
+            Outcome::Ran { stopped: true, .. } => RunEnded::Stopped,
+            Outcome::Ran {
+                status: Some(status),
+                ..
+            } => match (status.code(), status.signal()) {
+                (Some(code), _) => RunEnded::Exited(code),
+                (None, Some(signal)) => RunEnded::Killed(signal),
+                (None, None) => RunEnded::Lost,
+            },
+            Outcome::Ran { status: None, .. } => RunEnded::Lost,
+        };
+        let (pid, elapsed) = match outcome {
+            Outcome::Ran { pid, elapsed, .. } => (Some(*pid), Some(*elapsed)),
+            Outcome::NotStarted(_) => (None, None),
+        };
+        let result = RunResult {
+            pid,
+            elapsed,
+            ended,
+            stdout: self.stdout.clone(),
+            stderr: self.stderr.clone(),
+        };
+        self.send(RunEvent::Ended {
+            id: self.id,
+            result,
+        });
+    }
+
+    fn dropped(self: Box<Self>, why: Dropped) {
+        self.send(RunEvent::Dropped { id: self.id, why });
+    }
 }
 
 /// An answer on its way out, what to log once it is, and the job to start
@@ -241,6 +388,10 @@ struct Reactor<'a> {
     shared: &'a Arc<Shared>,
     workers: Workers,
     decided: Receiver<Decided>,
+    /// What the watches of answered-after-the-run jobs tell.
+    run_events: Receiver<RunEvent>,
+    run_events_tx: Sender<RunEvent>,
+    activity: Arc<Activity>,
     /// What each read of a head or body goes through.
     scratch: Box<[u8]>,
     /// What drained bytes go to; never lent out, unlike `scratch`.
@@ -284,6 +435,7 @@ pub fn run(
         )?;
     }
     let (workers, decided) = Workers::new(Arc::clone(shared), Arc::clone(activity));
+    let (run_events_tx, run_events) = mpsc::channel();
     let mut reactor = Reactor {
         epoll,
         listeners,
@@ -299,6 +451,9 @@ pub fn run(
         shared,
         workers,
         decided,
+        run_events,
+        run_events_tx,
+        activity: Arc::clone(activity),
         scratch: vec![0; SCRATCH_BYTES].into_boxed_slice(),
         discard: vec![0; SCRATCH_BYTES].into_boxed_slice(),
         refused: HashMap::new(),
@@ -389,6 +544,9 @@ pub fn run(
         }
         while let Ok(decided) = reactor.decided.try_recv() {
             reactor.on_decided(decided);
+        }
+        while let Ok(event) = reactor.run_events.try_recv() {
+            reactor.on_run_event(event);
         }
         reactor.expire();
         reactor.report_refused(false);
@@ -626,7 +784,8 @@ impl Reactor<'_> {
             }
             Phase::Closing(answering) if !answering.closing.is_written() => self.closing(id, false),
             Phase::Closing(_) => self.closing(id, true),
-            Phase::Deciding => {}
+            Phase::Streaming(_) => self.stream(id),
+            Phase::Deciding | Phase::Waiting(_) => {}
         }
     }
 
@@ -716,7 +875,7 @@ impl Reactor<'_> {
                 Ok(_) => {}
                 Err(refusal) => self.refuse(id, refusal, REFUSAL_DRAIN_TIMEOUT),
             },
-            Phase::Deciding | Phase::Closing { .. } => {}
+            Phase::Deciding | Phase::Waiting(_) | Phase::Streaming(_) | Phase::Closing(_) => {}
         }
     }
 
@@ -794,12 +953,172 @@ impl Reactor<'_> {
         if !self.conns.contains_key(&decided.id) {
             return;
         }
+        if let Ok(Accepted::Run(job)) = &decided.outcome
+            && job.hook().answer.respond != Respond::BeforeRun
+        {
+            let Ok(Accepted::Run(job)) = decided.outcome else {
+                return;
+            };
+            return self.wait_for_run(decided.id, *job);
+        }
         let (response, level, note) = request::answer(&decided.outcome);
         let job = match decided.outcome {
             Ok(Accepted::Run(job)) => Some(*job),
             _ => None,
         };
         self.answer(decided.id, response, level, note, job, DRAIN_TIMEOUT);
+    }
+
+    /// An accepted request of a hook that answers after the run: the job
+    /// starts now, and the client waits for the run that covers it, at most
+    /// the hook's `respond_timeout`.
+    fn wait_for_run(&mut self, id: u64, mut job: Job) {
+        let hook = job.hook();
+        let answer = hook.answer.clone();
+        let name = hook.name.clone();
+        job.watch(Box::new(Waiter {
+            id,
+            stream: answer.respond == Respond::Stream,
+            include_stderr: answer.include_stderr,
+            events: self.run_events_tx.clone(),
+            activity: Arc::clone(&self.activity),
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            streamed: 0,
+        }));
+        let deadline = Instant::now() + answer.timeout;
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.phase = Phase::Waiting(Box::new(Waiting { answer, hook: name }));
+        }
+        self.set_deadline(id, deadline);
+        self.shared.runner.trigger(job);
+    }
+
+    fn on_run_event(&mut self, event: RunEvent) {
+        let id = match &event {
+            RunEvent::Started { id, .. }
+            | RunEvent::Line { id, .. }
+            | RunEvent::Ended { id, .. }
+            | RunEvent::Dropped { id, .. } => *id,
+        };
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        match (&mut conn.phase, event) {
+            (Phase::Waiting(waiting), RunEvent::Started { pid, .. })
+                if waiting.answer.respond == Respond::Stream =>
+            {
+                let out =
+                    Response::stream_head(&waiting.answer.content_type, pid, SystemTime::now());
+                let hook = std::mem::take(&mut waiting.hook);
+                conn.phase = Phase::Streaming(Box::new(Streaming {
+                    hook,
+                    out,
+                    streamed: 0,
+                }));
+                let deadline = Instant::now() + WRITE_TIMEOUT;
+                self.set_deadline(id, deadline);
+                self.stream(id);
+            }
+            (Phase::Streaming(streaming), RunEvent::Line { line, .. }) => {
+                streaming.streamed += line.len() as u64;
+                chunk(&line, &mut streaming.out);
+                if streaming.out.len() > MAX_STREAM_PENDING {
+                    let hook = streaming.hook.clone();
+                    let peer = describe_client(conn);
+                    warning!(
+                        "{peer}: hook {hook}: the client reads the stream slower than the run writes it; closed (the run goes on)"
+                    );
+                    return self.close(id);
+                }
+                self.stream(id);
+            }
+            (Phase::Streaming(streaming), RunEvent::Ended { result, .. }) => {
+                let run = result.describe();
+                last_chunk(&run, &mut streaming.out);
+                let out = std::mem::take(&mut streaming.out);
+                let level = if result.succeeded() {
+                    Level::Info
+                } else {
+                    Level::Warning
+                };
+                let note = format!(
+                    "streamed {} bytes of {run} (answered during the run)",
+                    streaming.streamed
+                );
+                self.answer_bytes(id, out, 200, level, note, DRAIN_TIMEOUT);
+            }
+            (Phase::Waiting(waiting), RunEvent::Ended { result, .. }) => {
+                let response = Response::after_run(&waiting.answer, &result);
+                let level = if result.succeeded() {
+                    Level::Info
+                } else {
+                    Level::Warning
+                };
+                let note = format!("{} (answered after the run)", result.describe());
+                self.answer(id, response, level, note, None, DRAIN_TIMEOUT);
+            }
+            (Phase::Waiting(_), RunEvent::Dropped { why, .. }) => {
+                let (response, level) = match why {
+                    Dropped::Superseded => (
+                        Response::text(
+                            202,
+                            "accepted: the run of a newer request covers this one\n",
+                        ),
+                        Level::Info,
+                    ),
+                    Dropped::Stopping | Dropped::NoThread => (
+                        Response {
+                            headers: vec![("Retry-After", RETRY_AFTER_SECS.to_string())],
+                            ..Response::text(503, &format!("not run: {why}\n"))
+                        },
+                        Level::Warning,
+                    ),
+                };
+                self.answer(
+                    id,
+                    response,
+                    level,
+                    format!("not run: {why}"),
+                    None,
+                    DRAIN_TIMEOUT,
+                );
+            }
+            // A streamed answer whose run ended before it started (not
+            // started at all), or events for a client that has gone on.
+            (Phase::Waiting(waiting), RunEvent::Line { .. })
+                if waiting.answer.respond == Respond::Stream => {}
+            _ => {}
+        }
+    }
+
+    /// Writes what a streamed answer has so far.
+    fn stream(&mut self, id: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Phase::Streaming(streaming) = &mut conn.phase else {
+            return;
+        };
+        while !streaming.out.is_empty() {
+            match conn.transport.write(&streaming.out) {
+                Ok(0) => return self.close(id),
+                Ok(n) => {
+                    streaming.out.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let peer = describe_client(conn);
+                    warning!("{peer}: the streamed answer could not be delivered: {e}");
+                    return self.close(id);
+                }
+            }
+        }
+        let pending = !streaming.out.is_empty() || conn.transport.wants_write();
+        let deadline = Instant::now() + WRITE_TIMEOUT;
+        self.set_deadline(id, deadline);
+        self.watch(id, pending.then_some(EpollFlags::EPOLLOUT));
     }
 
     fn refuse(&mut self, id: u64, refusal: Refusal, drain: Duration) {
@@ -817,15 +1136,37 @@ impl Reactor<'_> {
         job: Option<Job>,
         drain: Duration,
     ) {
+        let bytes = response.to_bytes(SystemTime::now());
+        self.answer_bytes(id, bytes, response.status, level, note, drain);
+        let Some(job) = job else {
+            return;
+        };
+        match self.conns.get_mut(&id).map(|c| &mut c.phase) {
+            Some(Phase::Closing(answering)) => answering.job = Some(job),
+            // Closed at once (the answer done or failed): accepted all the same.
+            _ => self.shared.runner.trigger(job),
+        }
+    }
+
+    /// Writes `bytes` (the rest of an answer), then half-closes and drains.
+    fn answer_bytes(
+        &mut self,
+        id: u64,
+        bytes: Vec<u8>,
+        status: u16,
+        level: Level,
+        note: String,
+        drain: Duration,
+    ) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
-        let closing = Closing::new(response.to_bytes(SystemTime::now()), drain);
+        let closing = Closing::new(bytes, drain);
         let deadline = closing.deadline();
         conn.phase = Phase::Closing(Box::new(Answering {
             closing,
-            log: Some((level, response.status, note)),
-            job,
+            log: Some((level, status, note)),
+            job: None,
         }));
         self.set_deadline(id, deadline);
         self.closing(id, false);
@@ -979,6 +1320,25 @@ impl Reactor<'_> {
                 Phase::Closing(answering) => {
                     let step = answering.closing.expire();
                     self.step(id, step);
+                }
+                // The run goes on; its outcome will be in the log (and the journal).
+                Phase::Waiting(waiting) => {
+                    let secs = waiting.answer.timeout.as_secs();
+                    let response = Response::text(
+                        202,
+                        &format!("accepted: still running after {secs} s; the run goes on\n"),
+                    );
+                    let note =
+                        format!("still running after respond_timeout ({secs} s); the run goes on");
+                    self.answer(id, response, Level::Info, note, None, DRAIN_TIMEOUT);
+                }
+                Phase::Streaming(_) => {
+                    let peer = describe_client(conn);
+                    warning!(
+                        "{peer}: a streamed answer made no progress for {} s; closed (the run goes on)",
+                        WRITE_TIMEOUT.as_secs()
+                    );
+                    self.close(id);
                 }
                 Phase::Deciding => {}
             }

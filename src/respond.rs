@@ -10,6 +10,7 @@
 use std::io::{self, Read, Write};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::config::Answer;
 use crate::error::Refusal;
 use crate::listen::Stream;
 
@@ -39,36 +40,42 @@ const HTTP2_GOAWAY: [u8; 26] = [
     0, 0, 0, 0xd, // HTTP_1_1_REQUIRED
 ];
 
-/// A response: status, extra header fields, and a short plain-text body.
+/// A response: status, extra header fields, and a body.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Response {
     /// The status code.
     pub status: u16,
-    /// Extra header fields (`Allow`, `WWW-Authenticate`).
+    /// Extra header fields (`Allow`, `WWW-Authenticate`, `X-Sockhook-Run`).
     pub headers: Vec<(&'static str, String)>,
+    /// The media type of the body.
+    pub content_type: String,
     /// The body; empty for 204.
-    pub body: String,
+    pub body: Vec<u8>,
     /// Answer in HTTP/2 frames instead ([`Refusal::Http2`]).
     pub http2: bool,
 }
 
+/// The media type of sockhook's own texts.
+const TEXT: &str = "text/plain; charset=utf-8";
+
 impl Response {
     /// 204 No Content: accepted, the command is queued.
     pub fn accepted() -> Response {
-        Response {
-            status: 204,
-            headers: Vec::new(),
-            body: String::new(),
-            http2: false,
-        }
+        Response::text(204, "")
     }
 
     /// 200 OK with a line of text.
     pub fn ok(text: &str) -> Response {
+        Response::text(200, &format!("{text}\n"))
+    }
+
+    /// `status` with `text` (plain, UTF-8) as the body.
+    pub fn text(status: u16, text: &str) -> Response {
         Response {
-            status: 200,
+            status,
             headers: Vec::new(),
-            body: format!("{text}\n"),
+            content_type: TEXT.to_owned(),
+            body: text.as_bytes().to_vec(),
             http2: false,
         }
     }
@@ -92,10 +99,9 @@ impl Response {
             r => r.to_string(),
         };
         Response {
-            status: refusal.status(),
             headers,
-            body: format!("{body}\n"),
             http2: matches!(refusal, Refusal::Http2),
+            ..Response::text(refusal.status(), &format!("{body}\n"))
         }
     }
 
@@ -116,22 +122,160 @@ impl Response {
         // RFC 9110 §8.6: a 204 has no body and no Content-Length.
         if self.status != 204 {
             out.push_str(&format!(
-                "Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n",
+                "Content-Type: {}\r\nContent-Length: {}\r\n",
+                self.content_type,
                 self.body.len()
             ));
         }
         out.push_str("\r\n");
+        let mut bytes = out.into_bytes();
         if self.status != 204 {
-            out.push_str(&self.body);
+            bytes.extend_from_slice(&self.body);
         }
-        out.into_bytes()
+        bytes
+    }
+
+    /// The head of a streamed answer for run `pid`: 200,
+    /// `Transfer-Encoding: chunked` (RFC 9112 §7.1), a trailer announced for
+    /// the run's outcome.
+    pub fn stream_head(content_type: &str, pid: u32, now: SystemTime) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 200 OK\r\nDate: {}\r\nConnection: close\r\nContent-Type: {content_type}\r\nTransfer-Encoding: chunked\r\nX-Sockhook-Run: run {pid} started\r\nTrailer: X-Sockhook-Run\r\n\r\n",
+            http_date(now)
+        )
+        .into_bytes()
     }
 }
 
+/// One chunk of a streamed answer.
+pub fn chunk(bytes: &[u8], out: &mut Vec<u8>) {
+    if bytes.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", bytes.len()).as_bytes());
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The end of a streamed answer: the last chunk and the run's outcome as a trailer.
+pub fn last_chunk(run: &str, out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("0\r\nX-Sockhook-Run: {run}\r\n\r\n").as_bytes());
+}
+
+impl Response {
+    /// The answer after a run: what `outcome` says, in the hook's terms.
+    ///
+    /// Exit 0 is 200 with the command's stdout; another exit code, or a
+    /// signal, is 502 (the command behind sockhook failed); a run past its
+    /// `timeout` is 504; one that could not start, 500; one sockhook stopped,
+    /// 503. The hook's `exit_status` maps exit codes to other statuses.
+    /// `X-Sockhook-Run` says which run it was and how it ended.
+    pub fn after_run(answer: &Answer, result: &RunResult) -> Response {
+        let status = match &result.ended {
+            Ended::NotStarted(_) => 500,
+            Ended::TimedOut => 504,
+            Ended::Stopped => 503,
+            Ended::Exited(code) => answer.exit_status.get(code).copied().unwrap_or(match code {
+                0 => 200,
+                _ => 502,
+            }),
+            Ended::Killed(_) | Ended::Lost => 502,
+        };
+        let mut body = result.stdout.clone();
+        if answer.include_stderr {
+            body.extend_from_slice(&result.stderr);
+        }
+        let mut response = Response {
+            status,
+            headers: vec![("X-Sockhook-Run", result.describe())],
+            content_type: answer.content_type.clone(),
+            body,
+            http2: false,
+        };
+        if status == 503 {
+            response
+                .headers
+                .push(("Retry-After", RETRY_AFTER_SECS.to_string()));
+        }
+        if response.body.is_empty() && status >= 300 {
+            response.content_type = TEXT.to_owned();
+            response.body = format!("{}\n", result.describe()).into_bytes();
+        }
+        response
+    }
+}
+
+/// What an answer after the run says about the run: which it was, how it
+/// ended, what it printed (capped).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunResult {
+    /// The run's process id, when it started.
+    pub pid: Option<u32>,
+    /// How long it ran, when it started.
+    pub elapsed: Option<Duration>,
+    /// How it ended.
+    pub ended: Ended,
+    /// Its stdout, cut at [`OUTPUT_MAX`] with a marker.
+    pub stdout: Vec<u8>,
+    /// Its stderr, cut likewise.
+    pub stderr: Vec<u8>,
+}
+
+/// How a run ended, as an answer tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Killed(i32),
+    /// It outlived the hook's `timeout`.
+    TimedOut,
+    /// sockhook stopped it, stopping itself.
+    Stopped,
+    /// It could not be started: why.
+    NotStarted(String),
+    /// It could not be waited for.
+    Lost,
+}
+
+impl RunResult {
+    /// `1234 exited 0`, `1234 timed out`, `not started: …`: for
+    /// `X-Sockhook-Run` and the log.
+    pub fn describe(&self) -> String {
+        let what = match &self.ended {
+            Ended::Exited(code) => format!("exited {code}"),
+            Ended::Killed(signal) => format!("killed by signal {signal}"),
+            Ended::TimedOut => "timed out".to_owned(),
+            Ended::Stopped => "stopped as sockhook stopped".to_owned(),
+            Ended::NotStarted(why) => return format!("not started: {why}"),
+            Ended::Lost => "lost".to_owned(),
+        };
+        match self.pid {
+            Some(pid) => match self.elapsed {
+                Some(elapsed) => format!("run {pid} {what} after {:.3} s", elapsed.as_secs_f64()),
+                None => format!("run {pid} {what}"),
+            },
+            None => what,
+        }
+    }
+
+    /// Whether the run succeeded, whatever status the hook maps it to.
+    pub fn succeeded(&self) -> bool {
+        self.ended == Ended::Exited(0)
+    }
+}
+
+/// Most bytes of stdout (and of stderr) an answer after the run carries;
+/// more are cut, with [`CUT_MARKER`] after them.
+pub const OUTPUT_MAX: usize = 64 * 1024;
+/// What follows output that was cut.
+pub const CUT_MARKER: &[u8] = b"\n[sockhook: output cut at 65536 bytes]\n";
+
 /// Every status sockhook sends, with its reason phrase (RFC 9110 §15).
-pub const STATUSES: [(u16, &str); 18] = [
+pub const STATUSES: [(u16, &str); 21] = [
     (100, "Continue"),
     (200, "OK"),
+    (202, "Accepted"),
     (204, "No Content"),
     (400, "Bad Request"),
     (401, "Unauthorized"),
@@ -146,16 +290,43 @@ pub const STATUSES: [(u16, &str); 18] = [
     (431, "Request Header Fields Too Large"),
     (500, "Internal Server Error"),
     (501, "Not Implemented"),
+    (502, "Bad Gateway"),
     (503, "Service Unavailable"),
+    (504, "Gateway Timeout"),
     (505, "HTTP Version Not Supported"),
 ];
 
-/// The reason phrase of `status`.
+/// Statuses sockhook sends only when a hook's `exit_status` maps to them,
+/// with their reason phrases (RFC 9110 §15, RFC 6585).
+const MAPPED_STATUSES: [(u16, &str); 10] = [
+    (201, "Created"),
+    (403, "Forbidden"),
+    (409, "Conflict"),
+    (410, "Gone"),
+    (412, "Precondition Failed"),
+    (422, "Unprocessable Content"),
+    (423, "Locked"),
+    (424, "Failed Dependency"),
+    (429, "Too Many Requests"),
+    (507, "Insufficient Storage"),
+];
+
+/// The reason phrase of `status`; a status a hook's `exit_status` maps to
+/// that sockhook has no phrase for gets its class's (RFC 9110 §15).
 pub fn reason_phrase(status: u16) -> &'static str {
     STATUSES
         .iter()
+        .chain(&MAPPED_STATUSES)
         .find(|(code, _)| *code == status)
-        .map_or("Unknown", |(_, phrase)| phrase)
+        .map_or(
+            match status / 100 {
+                2 => "Success",
+                3 => "Redirection",
+                4 => "Client Error",
+                _ => "Server Error",
+            },
+            |(_, phrase)| phrase,
+        )
 }
 
 /// An IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
@@ -354,7 +525,7 @@ mod tests {
         assert!(bytes.ends_with(&format!(
             "Content-Length: {}\r\n\r\n{}",
             r.body.len(),
-            r.body
+            String::from_utf8_lossy(&r.body)
         )));
         let r = Response::refusal(&Refusal::Unauthorized {
             reason: "x".into(),
@@ -373,6 +544,89 @@ mod tests {
             message: "denied".into(),
         }));
         assert_eq!(r.status, 500);
-        assert!(!r.body.contains("/etc"), "{}", r.body);
+        let body = String::from_utf8_lossy(&r.body);
+        assert!(!body.contains("/etc"), "{body}");
+    }
+
+    fn answer(exit_status: &[(i32, u16)]) -> Answer {
+        Answer {
+            respond: crate::config::Respond::AfterRun,
+            timeout: Duration::from_secs(5),
+            content_type: "application/json".into(),
+            include_stderr: false,
+            exit_status: exit_status.iter().copied().collect(),
+        }
+    }
+
+    fn result(ended: Ended, stdout: &[u8]) -> RunResult {
+        RunResult {
+            pid: Some(42),
+            elapsed: Some(Duration::from_millis(1500)),
+            ended,
+            stdout: stdout.to_vec(),
+            stderr: b"secret path".to_vec(),
+        }
+    }
+
+    #[test]
+    fn after_run_statuses_one_line_per_case() {
+        let mapped = answer(&[(3, 409), (0, 201), (4, 200)]);
+        for (answer, ended, status) in [
+            (answer(&[]), Ended::Exited(0), 200),
+            (answer(&[]), Ended::Exited(1), 502),
+            (answer(&[]), Ended::Killed(9), 502),
+            (answer(&[]), Ended::Lost, 502),
+            (answer(&[]), Ended::TimedOut, 504),
+            (answer(&[]), Ended::Stopped, 503),
+            (answer(&[]), Ended::NotStarted("ENOENT".into()), 500),
+            (mapped.clone(), Ended::Exited(3), 409),
+            (mapped.clone(), Ended::Exited(0), 201),
+            (mapped.clone(), Ended::Exited(4), 200),
+            (mapped.clone(), Ended::TimedOut, 504),
+        ] {
+            let r = Response::after_run(&answer, &result(ended.clone(), b"out"));
+            assert_eq!(r.status, status, "{ended:?}");
+            assert!(!String::from_utf8_lossy(&r.body).contains("secret"));
+        }
+    }
+
+    #[test]
+    fn after_run_names_the_run_and_explains_an_empty_failure() {
+        let r = Response::after_run(&answer(&[]), &result(Ended::Exited(0), b"{}"));
+        assert_eq!(r.content_type, "application/json");
+        assert_eq!(r.body, b"{}");
+        assert_eq!(
+            r.headers,
+            [(
+                "X-Sockhook-Run",
+                "run 42 exited 0 after 1.500 s".to_string()
+            )]
+        );
+        let r = Response::after_run(&answer(&[]), &result(Ended::Exited(5), b""));
+        assert_eq!(r.content_type, TEXT);
+        assert_eq!(r.body, b"run 42 exited 5 after 1.500 s\n");
+        let r = Response::after_run(&answer(&[]), &result(Ended::Stopped, b""));
+        assert!(r.headers.iter().any(|(name, _)| *name == "Retry-After"));
+    }
+
+    #[test]
+    fn mapped_statuses_have_their_phrases() {
+        assert_eq!(reason_phrase(409), "Conflict");
+        assert_eq!(reason_phrase(422), "Unprocessable Content");
+        assert_eq!(reason_phrase(299), "Success");
+        assert_eq!(reason_phrase(599), "Server Error");
+    }
+
+    #[test]
+    fn chunks_and_the_trailer() {
+        let mut out = Vec::new();
+        chunk(b"", &mut out);
+        assert!(out.is_empty(), "an empty chunk would end the body");
+        chunk(b"hello\n", &mut out);
+        last_chunk("run 1 exited 0", &mut out);
+        assert_eq!(
+            out,
+            b"6\r\nhello\n\r\n0\r\nX-Sockhook-Run: run 1 exited 0\r\n\r\n"
+        );
     }
 }
