@@ -165,7 +165,8 @@ pub fn last_chunk(run: &str, out: &mut Vec<u8>) {
 impl Response {
     /// The answer after a run: what `outcome` says, in the hook's terms.
     ///
-    /// Exit 0 is 200 with the command's stdout; another exit code, or a
+    /// Exit 0 is 200 with the command's stdout (or, when it printed
+    /// nothing, a line saying how the run ended); another exit code, or a
     /// signal, is 502 (the command behind sockhook failed); a run past its
     /// `timeout` is 504; one that could not start, 500; one sockhook stopped,
     /// 503. The hook's `exit_status` maps exit codes to other statuses.
@@ -197,7 +198,9 @@ impl Response {
                 .headers
                 .push(("Retry-After", RETRY_AFTER_SECS.to_string()));
         }
-        if response.body.is_empty() && status >= 300 {
+        // A command that prints nothing (`systemctl restart`) still tells a
+        // phone button what happened.
+        if response.body.is_empty() {
             response.content_type = TEXT.to_owned();
             response.body = format!("{}\n", result.describe()).into_bytes();
         }
@@ -602,9 +605,13 @@ mod tests {
                 "run 42 exited 0 after 1.500 s".to_string()
             )]
         );
-        let r = Response::after_run(&answer(&[]), &result(Ended::Exited(5), b""));
-        assert_eq!(r.content_type, TEXT);
-        assert_eq!(r.body, b"run 42 exited 5 after 1.500 s\n");
+        for ended in [Ended::Exited(0), Ended::Exited(5)] {
+            let r = Response::after_run(&answer(&[]), &result(ended.clone(), b""));
+            assert_eq!(r.content_type, TEXT);
+            let code = if ended == Ended::Exited(0) { 0 } else { 5 };
+            let line = format!("run 42 exited {code} after 1.500 s\n");
+            assert_eq!(r.body, line.as_bytes());
+        }
         let r = Response::after_run(&answer(&[]), &result(Ended::Stopped, b""));
         assert!(r.headers.iter().any(|(name, _)| *name == "Retry-After"));
     }

@@ -512,9 +512,10 @@ fn package_installs_serves_removes_and_purges_under_systemd() {
     // The shipped example and the shipped sudoers line: Kodi restarts, as root
     // through sudo from inside the service's sandbox.
     let kodi = ok(&sb, "sockhook token /hooks/kodi-restart");
+    // It answers after the run (respond = "after-run"): 200 once Kodi restarted.
     request(
         &sb,
-        "204",
+        "200",
         &format!(
             "-H 'Authorization: Bearer {}' -d '' http://127.0.0.1:7777/hooks/kodi-restart",
             kodi.trim()

@@ -759,8 +759,30 @@ fn units_verify_sudoers_checks_and_uninstall_leaves_nothing() {
     sys.run_ok("systemctl enable --now sockhook.socket");
     sys.assert_listening("sockhook.socket");
     let token = sys.token("/hooks/kodi-restart");
-    // The shipped hook: Kodi is not installed here, so the run fails, but it is answered.
-    assert_eq!(sys.post("kodi-restart", &token, ""), "204");
+    // The shipped hook answers after the run, through sudo: Kodi is not
+    // installed here, so systemctl fails, and the button is told why.
+    let answer = sys.run_ok(&format!(
+        "curl -sS --max-time 20 -w '\\n%{{http_code}}' -u {} -d '' {URL}/hooks/kodi-restart",
+        q(&format!("{token}:"))
+    ));
+    assert_eq!(
+        answer, "Failed to restart kodi.service: Unit kodi.service not found.\n\n502",
+        "the answer to the shipped Kodi hook"
+    );
+    sys.wait_log(&["hook kodi-restart: run", "exited 5"], PATIENCE);
+    // With a kodi.service, the same button is answered 200, and the run is named.
+    sys.run_ok(
+        "printf '[Service]\\nType=oneshot\\nExecStart=/bin/true\\n' >/etc/systemd/system/kodi.service \
+         && systemctl daemon-reload",
+    );
+    let answer = sys.run_ok(&format!(
+        "curl -sS --max-time 20 -w '\\n%{{http_code}}' -u {} -d '' {URL}/hooks/kodi-restart",
+        q(&format!("{token}:"))
+    ));
+    assert!(
+        answer.starts_with("run ") && answer.ends_with(" s\n\n200"),
+        "the answer once Kodi exists: {answer:?}"
+    );
     let refused = sys.run(&format!("make -C {REPO} uninstall"));
     assert!(
         !refused.status.success() && sys.sb.path(BIN_INSTALLED).exists(),
