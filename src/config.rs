@@ -4,7 +4,6 @@
 //! hook: the problem is kept and answered with 500, the other hooks keep working.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -13,6 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::error::Problem;
 use crate::filter::{Filters, Match};
 use crate::scheme::{Key, Scheme, Secret};
 
@@ -151,21 +151,6 @@ struct HookFile {
     allow_unauthenticated: Option<bool>,
     #[serde(rename = "match")]
     filter: Option<toml::Table>,
-}
-
-/// A problem found while loading, tied to the file it is in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The file (or directory) at fault.
-    pub path: PathBuf,
-    /// What is wrong and how to fix it.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path.display(), self.message)
-    }
 }
 
 /// What a file looked like when it was read; `None` stands for a file that
@@ -398,31 +383,27 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         }
         (Some(events), Some(header)) => Some((events, header)),
     };
-    let timeout = match file.timeout {
-        None => DEFAULT_TIMEOUT,
-        Some(secs @ 1..=MAX_TIMEOUT_SECS) => Duration::from_secs(secs),
-        Some(secs) => {
-            return Err(format!(
-                "timeout: {secs} s is outside 1..={MAX_TIMEOUT_SECS}"
-            ));
-        }
-    };
-    let max_body = match file.max_body {
-        None => DEFAULT_MAX_BODY_BYTES,
-        Some(bytes @ 0..=MAX_MAX_BODY_BYTES) => bytes,
-        Some(bytes) => {
-            return Err(format!(
-                "max_body: {bytes} is over the limit of {MAX_MAX_BODY_BYTES} bytes"
-            ));
-        }
-    };
-    let tasks_max = match file.tasks_max {
-        None => DEFAULT_TASKS_MAX,
-        Some(n @ 1..=MAX_TASKS_MAX) => n,
-        Some(n) => {
-            return Err(format!("tasks_max: {n} is outside 1..={MAX_TASKS_MAX}"));
-        }
-    };
+    let timeout = Duration::from_secs(within(
+        "timeout",
+        " s",
+        file.timeout,
+        DEFAULT_TIMEOUT.as_secs(),
+        1..=MAX_TIMEOUT_SECS,
+    )?);
+    let max_body = within(
+        "max_body",
+        " bytes",
+        file.max_body,
+        DEFAULT_MAX_BODY_BYTES,
+        0..=MAX_MAX_BODY_BYTES,
+    )?;
+    let tasks_max = within(
+        "tasks_max",
+        "",
+        file.tasks_max,
+        DEFAULT_TASKS_MAX,
+        1..=MAX_TASKS_MAX,
+    )?;
     Ok(Hook {
         name: name.to_owned(),
         tasks_max,
@@ -465,15 +446,13 @@ fn answer(file: &HookFile) -> Result<Answer, String> {
             ));
         }
     }
-    let timeout = match file.respond_timeout {
-        None => DEFAULT_RESPOND_TIMEOUT,
-        Some(secs @ 1..=MAX_RESPOND_TIMEOUT_SECS) => Duration::from_secs(secs),
-        Some(secs) => {
-            return Err(format!(
-                "respond_timeout: {secs} s is outside 1..={MAX_RESPOND_TIMEOUT_SECS}"
-            ));
-        }
-    };
+    let timeout = Duration::from_secs(within(
+        "respond_timeout",
+        " s",
+        file.respond_timeout,
+        DEFAULT_RESPOND_TIMEOUT.as_secs(),
+        1..=MAX_RESPOND_TIMEOUT_SECS,
+    )?);
     let content_type = file
         .content_type
         .clone()
@@ -507,6 +486,26 @@ fn answer(file: &HookFile) -> Result<Answer, String> {
         include_stderr: file.include_stderr.unwrap_or(false),
         exit_status,
     })
+}
+
+/// `value` of `key`, or `default` when the file does not give it; a value
+/// outside `range` is a problem that names both (`unit` follows the value).
+fn within(
+    key: &str,
+    unit: &str,
+    value: Option<u64>,
+    default: u64,
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, String> {
+    match value {
+        None => Ok(default),
+        Some(v) if range.contains(&v) => Ok(v),
+        Some(v) => Err(format!(
+            "{key}: {v}{unit} is outside {}..={}",
+            range.start(),
+            range.end()
+        )),
+    }
 }
 
 fn check_command(command: &[String]) -> Result<(), String> {

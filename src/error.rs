@@ -4,8 +4,22 @@
 
 use std::fmt;
 use std::io;
+use std::path::PathBuf;
 
-use crate::config::Problem;
+/// A problem found while loading the configuration, tied to the file it is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The file (or directory) at fault.
+    pub path: PathBuf,
+    /// What is wrong and how to fix it.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path.display(), self.message)
+    }
+}
 
 /// Exit code: all well.
 pub const EXIT_OK: u8 = 0;
