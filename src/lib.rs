@@ -36,6 +36,7 @@ pub(crate) mod respond;
 pub(crate) mod route;
 pub(crate) mod scheme;
 pub(crate) mod serve;
+pub(crate) mod service;
 pub(crate) mod tls;
 pub(crate) mod tools;
 pub(crate) mod verify;
@@ -52,15 +53,22 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8, Error> {
         Command::Help(text) => print!("{text}"),
         Command::Version => println!("sockhook {}", env!("CARGO_PKG_VERSION")),
         Command::Serve(options) => return serve::serve(&options),
-        Command::Check { hooks_dir, key } => return Ok(check::check(&hooks_dir, key.as_deref())),
+        Command::Check {
+            hooks_dir,
+            key,
+            user,
+        } => {
+            return Ok(check::check(&hooks_dir, key.as_deref(), user.as_deref()));
+        }
         Command::Token {
             path,
             key,
             url_base,
+            hooks_dir,
         } => {
             println!(
                 "{}",
-                tools::token(&path, key.as_deref(), url_base.as_deref())?
+                tools::token(&path, key.as_deref(), url_base.as_deref(), &hooks_dir)?
             );
         }
         Command::Sign {

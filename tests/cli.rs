@@ -263,7 +263,7 @@ fn token_url_works_as_is_with_curl() {
     let token = f.token("/hooks/a");
     assert_eq!(
         url,
-        format!("http://{token}@127.0.0.1:{}/hooks/a", server.addr.port())
+        format!("http://{token}:@127.0.0.1:{}/hooks/a", server.addr.port())
     );
     // For phone apps, which want the token in their Basic or Bearer field.
     let hint = String::from_utf8_lossy(&out.stderr);
