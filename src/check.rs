@@ -61,10 +61,14 @@ pub fn check(hooks_dir: &Path, key: Option<&Path>, user: Option<&str>) -> u8 {
     });
 
     general.extend(hooks.general.iter().map(ToString::to_string));
+    // A directory the user cannot read serves no hook at all.
+    let mut closed = false;
     if let Some(judge) = &judge
         && hooks.unavailable().is_none()
     {
-        general.extend(judge.hooks_dir(hooks_dir));
+        let (shut, problems) = judge.hooks_dir(hooks_dir);
+        closed = shut;
+        general.extend(problems);
     }
     let mut skipped = Vec::new();
     for path in &hooks.skipped {
@@ -111,6 +115,7 @@ pub fn check(hooks_dir: &Path, key: Option<&Path>, user: Option<&str>) -> u8 {
 
     for (name, hook) in hooks.iter() {
         if let Ok(hook) = hook
+            && !closed
             && per_hook.get(name).is_none_or(Vec::is_empty)
         {
             println!(
@@ -305,8 +310,9 @@ struct Judge<'a> {
 }
 
 impl Judge<'_> {
-    /// The hooks directory: readable and reachable by the user, and safe.
-    fn hooks_dir(&self, dir: &Path) -> Vec<String> {
+    /// The hooks directory: readable and reachable by the user (else the
+    /// first value is true), and safe.
+    fn hooks_dir(&self, dir: &Path) -> (bool, Vec<String>) {
         let name = &self.who.name;
         let mut problems = Vec::new();
         if let Some((blocked, meta)) = self.who.blocked_at(dir) {
@@ -328,8 +334,9 @@ impl Judge<'_> {
                 dir.display()
             ));
         }
+        let closed = !problems.is_empty();
         problems.extend(unsafe_path(dir, &[self.who.uid], "change the hooks"));
-        problems
+        (closed, problems)
     }
 
     /// A hook file: readable by the user, and safe.
