@@ -49,7 +49,18 @@ fn sudo_runs_the_allowed_command_as_root_and_refuses_others() {
         "command = [\"/usr/bin/sudo\", \"-n\", \"/usr/local/sbin/sockhook-test-denied\"]\nauth = \"token\"\n",
     );
     sys.allow_sudo(&["sockhook ALL=(root) NOPASSWD: /usr/local/sbin/sockhook-test-uid \"\""]);
-    sys.run_ok("sockhook check");
+    // check foresees what follows: whoami runs, denied is refused by sudo.
+    let check = sys.run("sockhook check");
+    let text = check.stdout_text();
+    assert_eq!(check.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("/hooks/whoami: ok: auth token, POST runs /usr/local/sbin/sockhook-test-uid as root (sudo -n)")
+            && text.contains(&format!(
+                "{HOOKS}/denied.toml: command: sudoers does not let user sockhook run /usr/local/sbin/sockhook-test-denied as root; add this line with visudo -f {SUDOERS}: "
+            ))
+            && text.contains(", 1 problem(s), "),
+        "{text}"
+    );
     sys.start_socket();
 
     let whoami = sys.token("/hooks/whoami");
