@@ -335,6 +335,13 @@ fn check_as_root_judges_each_file_as_the_service_user() {
     for case in cases() {
         failures.extend(run_case(&sys, &case));
     }
+    // make install's next steps start with check.
+    if !sys
+        .install_log
+        .contains("Installed. Next:\n  /usr/local/bin/sockhook check\n")
+    {
+        failures.push(format!("make install printed:\n{}", sys.install_log));
+    }
     // The installed set-up as make install leaves it passes.
     let out = sys.run("sockhook check");
     let text = out.stdout_text();
