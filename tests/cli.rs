@@ -377,7 +377,7 @@ fn post_with(client: &str, url: &str, body: &str) -> u16 {
         "wget" => text
             .lines()
             .filter_map(|l| l.trim().strip_prefix("HTTP/1.1 "))
-            .last()
+            .next_back()
             .and_then(|l| l.get(..3)),
         _ => text.lines().last().map(str::trim),
     };
