@@ -885,3 +885,43 @@ fn accept_yes_variant_serves_concurrent_requests() {
     assert_eq!(failed.trim(), "");
     sys.assert_listening("sockhook-accept.socket");
 }
+
+/// What sockhook(8)'s TROUBLESHOOTING says of a failed run: its stderr is in
+/// `journalctl -p warning` (its stdout only at info), the service is left
+/// `failed` once the activation ends, the socket keeps listening, the next
+/// request is served, and `systemctl reset-failed` clears the mark.
+#[test]
+fn a_failed_run_shows_at_warning_and_leaves_only_the_service_failed() {
+    let Some(sys) = System::install() else {
+        return;
+    };
+    sys.script(
+        "/usr/local/bin/sockhook-test-fail",
+        "#!/bin/sh\necho fine-on-stdout\necho 'deploy: disk full' >&2\nexit 3\n",
+    );
+    sys.hook(
+        "fail",
+        "command = [\"/usr/local/bin/sockhook-test-fail\"]\nauth = \"token\"\n",
+    );
+    sys.start_socket();
+    let token = sys.token("/hooks/fail");
+    assert_eq!(sys.post("fail", &token, ""), "204");
+    sys.wait_log(&["hook fail: run", "exited 3"], PATIENCE);
+    assert_eq!(sys.wait_stopped("sockhook.service"), "failed");
+    sys.assert_listening("sockhook.socket");
+    let warnings = sys.run_ok("journalctl -b --no-pager -o cat -u sockhook.service -p warning");
+    assert!(
+        warnings.contains("sockhook: warning: hook fail: deploy: disk full")
+            && warnings.contains("exited 3")
+            && !warnings.contains("fine-on-stdout"),
+        "-p warning:\n{warnings}"
+    );
+    assert!(
+        sys.log("sockhook.service")
+            .contains("hook fail: fine-on-stdout")
+    );
+    sys.run_ok("systemctl reset-failed sockhook.service");
+    assert_eq!(sys.state("sockhook.service").0, "inactive");
+    assert_eq!(sys.post("fail", &token, ""), "204");
+    sys.assert_listening("sockhook.socket");
+}
