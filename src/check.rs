@@ -42,6 +42,11 @@ pub fn check(hooks_dir: &Path, key: Option<&Path>, user: Option<&str>) -> u8 {
         }
         who
     } else {
+        if let Some(name) = user {
+            general.push(format!(
+                "--user {name}: judging files as another user needs root; run sudo sockhook check"
+            ));
+        }
         None
     };
     let explicit_credentials = std::env::var_os(CREDENTIALS_DIRECTORY).map(PathBuf::from);

@@ -10,7 +10,9 @@
 //! [`idle`] says to exit. [`config`] loads the hook files, [`replay`] keeps
 //! the delivery ids already seen, [`log`] writes the journal's lines, and
 //! [`error`] holds the two error types. `check`, `token` and `sign` are in
-//! [`check`] and [`tools`], the command line in [`cli`].
+//! [`check`] (with [`service`], the installed unit and its user, for
+//! judging files as the service meets them) and [`tools`], the command line
+//! in [`cli`].
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
