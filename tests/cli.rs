@@ -565,3 +565,27 @@ fn each_subcommand_help_is_its_own_and_errors_have_one_prefix() {
         );
     }
 }
+
+/// No message names the same path twice: the key's, for a missing file and
+/// for the unit's placeholder of a file systemd did not find.
+#[test]
+fn key_messages_name_each_path_once() {
+    let f = Fixture::new("key-paths");
+    let missing = f.dir.join("no-such-key");
+    let placeholder = f.dir.join("placeholder-key");
+    fs::write(
+        &placeholder,
+        "sockhook-missing-credential:/etc/sockhook/gone-key\n",
+    )
+    .unwrap();
+    for (key, path) in [
+        (&missing, missing.display().to_string()),
+        (&placeholder, "/etc/sockhook/gone-key".to_owned()),
+    ] {
+        let out = sockhook(&["token", "/hooks/a", "--key", key.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(100), "{out:?}");
+        let said = stderr(&out);
+        assert_eq!(said.matches(&path).count(), 1, "{said}");
+        assert_eq!(said.lines().count(), 1, "{said}");
+    }
+}
