@@ -352,6 +352,18 @@ fn check_as_root_judges_each_file_as_the_service_user() {
     if out.status.code() != Some(0) || text != want {
         failures.push(format!("installed set-up: {:?}\n{text}", out.status.code()));
     }
+    // The key the unit loads, missing: the token hook's line is the key's.
+    sys.run_ok("mv /etc/sockhook/key /etc/sockhook/key.saved");
+    let out = sys.run("sockhook check");
+    let text = out.stdout_text();
+    let want = format!(
+        "/etc/sockhook/key: cannot use the server key: No such file or directory (os error 2); create one, root-only: cd /etc/sockhook && (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' >key)\n\
+         1 hook(s) in /etc/sockhook/hooks.d, 1 problem(s), as user sockhook meets them under {UNIT}\n"
+    );
+    if out.status.code() != Some(1) || !text.ends_with(&want) {
+        failures.push(format!("missing key: {:?}\n{text}", out.status.code()));
+    }
+    sys.run_ok("mv /etc/sockhook/key.saved /etc/sockhook/key");
     // The pasted secret is in no output.
     let all = sys.run(&format!("sockhook check --hooks {} 2>&1", dir("pasted")));
     if all.stdout_text().contains("Secret to Everybody") {
