@@ -149,6 +149,7 @@ ifeq ($(DESTDIR),)
 	@if [ -d /run/systemd/system ]; then echo "install: systemctl daemon-reload" && systemctl daemon-reload; fi
 	@echo
 	@echo "Installed. Next:"
+	@echo "  $(bindir)/sockhook check"
 	@echo "  systemctl enable --now sockhook.socket"
 	@echo "  $(bindir)/sockhook token /hooks/$(basename $(notdir $(LIVE_HOOK)))"
 endif

@@ -58,6 +58,7 @@ struct Args {
     request_timeout: Duration,
     limits: Limits,
     url_base: Option<String>,
+    user: Option<String>,
     scheme: Option<Scheme>,
     secret: Option<PathBuf>,
     id: Option<String>,
@@ -192,8 +193,15 @@ static REQUEST_TIMEOUT: Opt = Opt {
 static URL_BASE: Opt = Opt {
     name: "url-base",
     value: "URL",
-    help: "Print URL/PATH with the token as user name, instead of the bare token",
+    help: "Print URL/PATH with the token as user name and an empty password (http://TOKEN:@host/PATH), instead of the bare token",
     set: |a, v| put(&mut a.url_base, Some(text("url-base", v)?)),
+};
+
+static USER: Opt = Opt {
+    name: "user",
+    value: "NAME",
+    help: "Run as root, judge every file as this user meets it under the installed sockhook.service [default: the unit's User=, else sockhook]",
+    set: |a, v| put(&mut a.user, Some(text("user", v)?)),
 };
 
 static SCHEME: Opt = Opt {
@@ -270,14 +278,14 @@ pub const COMMANDS: [Subcommand; 4] = [
     Subcommand {
         name: "check",
         operands: "",
-        summary: "Validate every hook file and the server key; one line per problem.",
-        options: &[&HOOKS, &KEY],
+        summary: "Validate every hook file, its secret and command, and the server key; run as root, judge each as the service's user meets it, sudoers included. One line per problem.",
+        options: &[&HOOKS, &KEY, &USER],
     },
     Subcommand {
         name: "token",
         operands: "PATH",
         summary: "Print the token for PATH (hex HMAC-SHA256 of PATH with the key); a PATH ending in / gives a token for every path below it.",
-        options: &[&KEY, &URL_BASE],
+        options: &[&KEY, &URL_BASE, &HOOKS],
     },
     Subcommand {
         name: "sign",
@@ -301,6 +309,8 @@ pub enum Command {
         hooks_dir: PathBuf,
         /// Server key file; `None` for the default.
         key: Option<PathBuf>,
+        /// The user to judge files as; `None` for the unit's.
+        user: Option<String>,
     },
     /// `sockhook token`.
     Token {
@@ -310,6 +320,8 @@ pub enum Command {
         key: Option<PathBuf>,
         /// Print a URL with this base instead of the bare token.
         url_base: Option<String>,
+        /// Directory of hook files, to warn about a path no hook serves.
+        hooks_dir: PathBuf,
     },
     /// `sockhook sign`.
     Sign {
@@ -368,6 +380,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
         request_timeout: DEFAULT_REQUEST_TIMEOUT,
         limits: Limits::default(),
         url_base: None,
+        user: None,
         scheme: None,
         secret: None,
         id: None,
@@ -410,6 +423,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
         "check" => Command::Check {
             hooks_dir: args.hooks_dir,
             key: args.key,
+            user: args.user,
         },
         "token" => {
             let path = match operands.as_slice() {
@@ -434,6 +448,7 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
                 path,
                 key: args.key,
                 url_base: args.url_base,
+                hooks_dir: args.hooks_dir,
             }
         }
         _ => Command::Sign {
@@ -694,7 +709,8 @@ mod tests {
             Command::Token {
                 path: "/hooks/a".into(),
                 key: None,
-                url_base: Some("http://h".into())
+                url_base: Some("http://h".into()),
+                hooks_dir: PathBuf::from(DEFAULT_HOOKS_DIR),
             }
         );
     }

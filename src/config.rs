@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 pub use crate::error::Problem;
 use crate::filter::{Filters, Match};
-use crate::scheme::{Key, Scheme, Secret};
+use crate::scheme::{Key, Scheme, Secret, looks_pasted};
 
 /// Where hook files live unless `--hooks` says otherwise.
 pub const DEFAULT_HOOKS_DIR: &str = "/etc/sockhook/hooks.d";
@@ -346,6 +346,11 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
                 scheme.name()
             ));
         }
+        (true, Some(spec)) if looks_pasted(&spec) => {
+            return Err(format!(
+                "secret: the value looks like the secret itself (not shown here); this key names where the secret is kept, a systemd credential or an absolute path, never the secret: put it in a root-only file, e.g. /etc/sockhook/{name}, add LoadCredential={name}:/etc/sockhook/{name} to sockhook.service (systemctl edit sockhook.service) and write secret = \"{name}\""
+            ));
+        }
         (true, Some(spec)) => Some(load_secret(&spec, credentials, scheme)?),
         (false, None) => None,
     };
@@ -587,7 +592,7 @@ pub fn read_secret_file(path: &Path) -> Result<Vec<u8>, Problem> {
     if let Some(source) = bytes.strip_prefix(MISSING_CREDENTIAL.as_bytes()) {
         let source = String::from_utf8_lossy(source);
         return Err(problem(format!(
-            "{MISSING_FILE} {source} for this credential (LoadCredential=) and passed the unit's SetCredential= placeholder; create {source}, and the next activation reads it"
+            "{MISSING_FILE} {source} for this credential (LoadCredential=) and passed the unit's SetCredential= placeholder; create it, and the next activation reads it"
         )));
     }
     Ok(bytes)
@@ -612,10 +617,22 @@ pub fn load_key(path: &Path) -> Result<Key, Problem> {
         if e.message.starts_with(MISSING_FILE) {
             return problem(format!("cannot use the server key: {}", e.message));
         }
+        if path.exists() {
+            // Never advise a new key when one exists: it would invalidate every token.
+            let denied = fs::File::open(path)
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied);
+            let advice = match denied {
+                true => "; it is root-only: run this as root (the service gets a copy through LoadCredential=key:)",
+                false => "",
+            };
+            return problem(format!("cannot use the server key: {}{advice}", e.message));
+        }
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let dir = dir.map_or(String::new(), |d| format!("cd {} && ", d.display()));
+        let name = path.file_name().map_or("key".into(), |n| n.to_string_lossy());
         problem(format!(
-            "cannot use the server key ({}); create it with: head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {}",
-            e.message,
-            path.display()
+            "cannot use the server key: {}; create one, root-only: {dir}(umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' >{name})",
+            e.message
         ))
     })?;
     Key::new(bytes).map_err(|e| problem(e.to_string()))

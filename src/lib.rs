@@ -10,7 +10,9 @@
 //! [`idle`] says to exit. [`config`] loads the hook files, [`replay`] keeps
 //! the delivery ids already seen, [`log`] writes the journal's lines, and
 //! [`error`] holds the two error types. `check`, `token` and `sign` are in
-//! [`check`] and [`tools`], the command line in [`cli`].
+//! [`check`] (with [`service`], the installed unit and its user, for
+//! judging files as the service meets them) and [`tools`], the command line
+//! in [`cli`].
 
 #![deny(missing_docs)]
 #![deny(unsafe_code)]
@@ -36,6 +38,7 @@ pub(crate) mod respond;
 pub(crate) mod route;
 pub(crate) mod scheme;
 pub(crate) mod serve;
+pub(crate) mod service;
 pub(crate) mod tls;
 pub(crate) mod tools;
 pub(crate) mod verify;
@@ -52,15 +55,22 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8, Error> {
         Command::Help(text) => print!("{text}"),
         Command::Version => println!("sockhook {}", env!("CARGO_PKG_VERSION")),
         Command::Serve(options) => return serve::serve(&options),
-        Command::Check { hooks_dir, key } => return Ok(check::check(&hooks_dir, key.as_deref())),
+        Command::Check {
+            hooks_dir,
+            key,
+            user,
+        } => {
+            return Ok(check::check(&hooks_dir, key.as_deref(), user.as_deref()));
+        }
         Command::Token {
             path,
             key,
             url_base,
+            hooks_dir,
         } => {
             println!(
                 "{}",
-                tools::token(&path, key.as_deref(), url_base.as_deref())?
+                tools::token(&path, key.as_deref(), url_base.as_deref(), &hooks_dir)?
             );
         }
         Command::Sign {

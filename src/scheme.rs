@@ -147,6 +147,28 @@ impl fmt::Display for BadSecret {
 
 impl std::error::Error for BadSecret {}
 
+/// Whether a hook's `secret` value looks like a secret pasted in, rather
+/// than the credential name or the path that belongs there: it has a
+/// character no credential name has, or a run of 16 letters and digits
+/// mixed (or 24 of either), as tokens, hex and base64 have and names do not.
+/// Such a value is never printed.
+pub fn looks_pasted(spec: &str) -> bool {
+    if spec.starts_with('/') {
+        return false;
+    }
+    if !spec
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+    {
+        return true;
+    }
+    spec.split(|c: char| !c.is_ascii_alphanumeric()).any(|run| {
+        let digits = run.bytes().any(|b| b.is_ascii_digit());
+        let letters = run.bytes().any(|b| b.is_ascii_alphabetic());
+        (run.len() >= 16 && digits && letters) || run.len() >= 24
+    })
+}
+
 /// Secret bytes; `Debug` never shows them.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(Vec<u8>);
@@ -238,6 +260,23 @@ mod tests {
             .decode_secret(b"whsec_AAEC".to_vec())
             .unwrap();
         assert_eq!(secret.expose(), b"whsec_AAEC");
+    }
+
+    #[test]
+    fn pasted_secrets_are_told_from_names_and_paths() {
+        for name in ["deploy", "github-deploy", "gh.secret", "deploy_2024", "a"] {
+            assert!(!looks_pasted(name), "{name}");
+        }
+        assert!(!looks_pasted("/etc/sockhook/It's a secret"));
+        for pasted in [
+            "It's a Secret to Everybody",
+            "hunter2!",
+            "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
+            "3f9a0c1d2e4b5a6978877665544332211",
+            "glpat-AbCdEf1234567890xyzQ",
+        ] {
+            assert!(looks_pasted(pasted), "{pasted}");
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use sd_notify::NotifyState;
 
 use crate::act::Runner;
 use crate::cgroup::Cgroups;
-use crate::config::{self, CREDENTIALS_DIRECTORY};
+use crate::config::{self, CREDENTIALS_DIRECTORY, Problem};
 use crate::error::{EXIT_FAILED, EXIT_OK, Error};
 use crate::idle::Activity;
 use crate::info;
@@ -96,6 +96,19 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
                     "no socket: start sockhook from a systemd .socket unit, or pass --listen IP:PORT or --listen-tls IP:PORT"
                         .into(),
                 ));
+            }
+            // Started by hand, a hooks directory that is not there is a
+            // mistake to fix before serving. Under systemd it is answered
+            // 500 instead, as every configuration mistake is, and the next
+            // request after it appears is served (DESIGN.md, decision 9):
+            // an exit would only count towards the unit's start limit.
+            if let Err(e) = std::fs::read_dir(&options.hooks_dir) {
+                return Err(Error::Config(Problem {
+                    path: options.hooks_dir.clone(),
+                    message: format!(
+                        "cannot read the hooks directory: {e}; create it or pass --hooks DIR"
+                    ),
+                }));
             }
             Socket::Listeners(endpoints)
         }

@@ -8,30 +8,61 @@ use crate::error::Error;
 use crate::scheme::Scheme;
 use crate::verify;
 
-/// The token for `path`, or a URL carrying it as the user name (and, on
-/// stderr, what to paste into an app that wants the token apart).
-pub fn token(path: &str, key: Option<&Path>, url_base: Option<&str>) -> Result<String, Error> {
+/// The token for `path`, or a URL carrying it as the user name with an
+/// empty password (and, on stderr, what to put where in an app that wants
+/// the token apart). Warns when no hook in `hooks_dir` is served at `path`.
+pub fn token(
+    path: &str,
+    key: Option<&Path>,
+    url_base: Option<&str>,
+    hooks_dir: &Path,
+) -> Result<String, Error> {
     let credentials = std::env::var_os(CREDENTIALS_DIRECTORY).map(PathBuf::from);
     let key = config::load_key(&config::key_path(key, credentials.as_deref()))?;
     let token = verify::token(&key, path);
+    let hooks = config::load(hooks_dir, credentials.as_deref());
+    if hooks.unavailable().is_none() && !serves(&hooks, path) {
+        let names: Vec<&str> = hooks.iter().map(|(name, _)| name).collect();
+        let names = match names.is_empty() {
+            true => "none".to_owned(),
+            false => names.join(" "),
+        };
+        let at = match path.ends_with('/') {
+            true => "below",
+            false => "at",
+        };
+        crate::warning!(
+            "no hook in {} is served {at} {path} (hooks: {names}); a request with this token gets 404",
+            hooks_dir.display()
+        );
+    }
     let Some(base) = url_base else {
         return Ok(token);
     };
-    // Apps such as HTTP Shortcuts do not take user@ from a URL: say what to
-    // paste where, on stderr, so that stdout stays the URL alone.
-    eprintln!(
-        "sockhook: for an app: URL {base}{path}, Basic auth with user name {token} and an empty password, or Bearer token {token}",
-        base = base.trim_end_matches('/')
-    );
     let (scheme, rest) = base.split_once("://").ok_or_else(|| {
         Error::Usage(format!(
             "--url-base wants scheme://host[:port], not {base:?}"
         ))
     })?;
-    Ok(format!(
-        "{scheme}://{token}@{}{path}",
-        rest.trim_end_matches('/')
-    ))
+    let rest = rest.trim_end_matches('/');
+    // HTTP Shortcuts and other apps do not take user@ from a URL: say what to
+    // put where, on stderr, so that stdout stays the URL alone.
+    crate::info!(
+        "in an app such as HTTP Shortcuts: URL {scheme}://{rest}{path}, method POST; under Authentication, Basic auth with user name {token} and an empty password, or Bearer token {token}"
+    );
+    // With the colon, an empty password: without it, Python requests, wget
+    // and OkHttp send no credentials at all.
+    Ok(format!("{scheme}://{token}:@{rest}{path}"))
+}
+
+/// Whether a request to `path` reaches a hook: `/hooks/NAME`, or for a
+/// path ending in `/`, any hook below it.
+fn serves(hooks: &config::Hooks, path: &str) -> bool {
+    let served = |name: &str| format!("{}{name}", config::HOOKS_PREFIX);
+    match path.ends_with('/') {
+        true => hooks.iter().any(|(name, _)| served(name).starts_with(path)),
+        false => hooks.iter().any(|(name, _)| served(name) == path),
+    }
 }
 
 /// The header lines that make `body` pass `scheme` with the secret in `secret`.

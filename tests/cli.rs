@@ -263,7 +263,7 @@ fn token_url_works_as_is_with_curl() {
     let token = f.token("/hooks/a");
     assert_eq!(
         url,
-        format!("http://{token}@127.0.0.1:{}/hooks/a", server.addr.port())
+        format!("http://{token}:@127.0.0.1:{}/hooks/a", server.addr.port())
     );
     // For phone apps, which want the token in their Basic or Bearer field.
     let hint = String::from_utf8_lossy(&out.stderr);
@@ -341,5 +341,251 @@ fn sign_output_is_a_header_the_server_accepts_for_each_scheme() {
         server.wait_log("exited 0", i + 1);
         assert_eq!(f.runs(scheme), 1, "{scheme}\n{}", server.log());
         assert_eq!(f.read(&format!("{scheme}.stdin")), body, "{scheme}");
+    }
+}
+
+/// POSTs `body` to `url` with `client` (curl, Python requests or wget),
+/// credentials only as the URL carries them; returns the final status.
+fn post_with(client: &str, url: &str, body: &str) -> u16 {
+    let out = match client {
+        "curl" => Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+            .args(["--data-binary", body, url])
+            .output(),
+        "python3-requests" => Command::new("python3")
+            .args([
+                "-c",
+                "import requests, sys\nprint(requests.post(sys.argv[1], data=sys.argv[2].encode(), timeout=10).status_code)",
+                url,
+                body,
+            ])
+            .output(),
+        // wget sends URL credentials once challenged; the last status counts.
+        _ => Command::new("wget")
+            .args(["-O", "/dev/null", "--server-response", "--timeout=10", "--tries=1"])
+            .arg(format!("--post-data={body}"))
+            .arg(url)
+            .output(),
+    }
+    .unwrap_or_else(|e| panic!("{client}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status = match client {
+        "wget" => text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("HTTP/1.1 "))
+            .next_back()
+            .and_then(|l| l.get(..3)),
+        _ => text.lines().last().map(str::trim),
+    };
+    status
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("{client} printed no status:\n{text}"))
+}
+
+/// The `--url-base` URL works as printed with curl, Python requests and
+/// wget: `http://TOKEN:@host/…`, the empty password after the colon being
+/// what makes requests and wget send the credentials at all.
+#[test]
+fn token_url_works_as_is_with_curl_python_requests_and_wget() {
+    let f = Fixture::new("token-clients");
+    let script = f.recorder("a");
+    f.hook("a", &format!("command = [{script:?}]\nauth = \"token\"\n"));
+    let server = f.serve_guarded(&[]);
+    let base = format!("http://127.0.0.1:{}", server.addr.port());
+    let out = Command::new(BIN)
+        .args(["token", "/hooks/a", "--key"])
+        .arg(&f.key)
+        .arg("--hooks")
+        .arg(&f.hooks)
+        .args(["--url-base", &base])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let url = stdout(&out).trim_end().to_owned();
+    let token = f.token("/hooks/a");
+    assert_eq!(
+        url,
+        format!("http://{token}:@127.0.0.1:{}/hooks/a", server.addr.port())
+    );
+    // Without the colon, the same clients send nothing: the form matters.
+    let bare = url.replace(":@", "@");
+    for (n, client) in ["curl", "python3-requests", "wget"].into_iter().enumerate() {
+        let body = format!("from {client}");
+        let status = post_with(client, &url, &body);
+        assert_eq!(status, 204, "{client} with {url}\n{}", server.log());
+        server.wait_log("exited 0", n + 1);
+        assert_eq!(f.read("a.stdin"), body.as_bytes(), "{client}");
+        if client == "python3-requests" {
+            assert_eq!(
+                post_with(client, &bare, "bare"),
+                401,
+                "{client} with {bare}"
+            );
+        }
+    }
+    // What to put in HTTP Shortcuts, on stderr only.
+    let hint = stderr(&out);
+    assert!(
+        hint.contains(&format!("URL {base}/hooks/a, method POST"))
+            && hint.contains(&format!(
+                "Basic auth with user name {token} and an empty password"
+            ))
+            && hint.contains(&format!("Bearer token {token}"))
+            && hint.contains("HTTP Shortcuts")
+            && !hint.contains("warning"),
+        "{hint}"
+    );
+}
+
+/// A token for a path that no hook serves comes with a warning, and is still
+/// printed (the hook may be added later).
+#[test]
+fn token_for_a_path_no_hook_serves_warns() {
+    let f = Fixture::new("token-unserved");
+    f.hook("a", "command = [\"/bin/true\"]\nauth = \"token\"\n");
+    for (path, warned) in [
+        ("/hooks/b", true),
+        ("/hooks/a", false),
+        ("/hooks/", false),
+        ("/other/", true),
+    ] {
+        let out = Command::new(BIN)
+            .args(["token", path, "--key"])
+            .arg(&f.key)
+            .arg("--hooks")
+            .arg(&f.hooks)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        assert_eq!(stdout(&out).trim().len(), 64, "{out:?}");
+        let said = stderr(&out);
+        let at = if path.ends_with('/') { "below" } else { "at" };
+        let warning = format!(
+            "sockhook: warning: no hook in {} is served {at} {path} (hooks: a); a request with this token gets 404\n",
+            f.hooks.display()
+        );
+        assert_eq!(said, if warned { warning } else { String::new() }, "{path}");
+    }
+}
+
+/// `serve --listen` exits 100 naming a hooks directory that is not there
+/// (under socket activation it answers 500 instead: tests/misconfig.rs).
+#[test]
+fn serve_listen_without_the_hooks_directory_exits_100() {
+    let f = Fixture::new("listen-no-dir");
+    fs::remove_dir_all(&f.hooks).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--hooks"])
+        .arg(&f.hooks)
+        .arg("--key")
+        .arg(&f.key)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(100), "{out:?}");
+    let dir = f.hooks.display().to_string();
+    assert_eq!(
+        stderr(&out),
+        format!(
+            "sockhook: fatal: {dir}: cannot read the hooks directory: No such file or directory (os error 2); create it or pass --hooks DIR\n"
+        )
+    );
+}
+
+/// A secret pasted into `secret =` is printed by neither check nor serve,
+/// and what they print says what the key is for.
+#[test]
+fn a_pasted_secret_is_never_printed() {
+    let f = Fixture::new("pasted");
+    let pasted = "It's a Secret to Everybody";
+    f.hook(
+        "gh",
+        &format!("command = [\"/bin/true\"]\nauth = \"github\"\nsecret = {pasted:?}\n"),
+    );
+    let out = check(&f.hooks, &f.key);
+    let text = format!("{}{}", stdout(&out), stderr(&out));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(!text.contains("Secret to Everybody"), "{text}");
+    assert!(
+        text.contains("secret: the value looks like the secret itself (not shown here)")
+            && text.contains("LoadCredential=gh:/etc/sockhook/gh"),
+        "{text}"
+    );
+    let server = f.serve_guarded(&[]);
+    let body = b"{}";
+    let reply = server.post(
+        "/hooks/gh",
+        &[
+            &github_signature(pasted.as_bytes(), body),
+            "X-GitHub-Event: push",
+        ],
+        body,
+    );
+    assert_eq!(reply.status(), 500, "{}", server.log());
+    let (_, log) = server.stop();
+    assert!(log.contains("not shown here"), "{log}");
+    assert!(!log.contains("Secret to Everybody"), "{log}");
+}
+
+/// Each subcommand's `--help` is its own help, and no error line stacks
+/// prefixes (`sockhook: fatal: error: usage: …`).
+#[test]
+fn each_subcommand_help_is_its_own_and_errors_have_one_prefix() {
+    for command in ["serve", "check", "token", "sign"] {
+        for flag in ["--help", "-h"] {
+            let out = sockhook(&[command, flag]);
+            assert_eq!(out.status.code(), Some(0), "{command} {flag}: {out:?}");
+            let text = stdout(&out);
+            assert!(
+                text.starts_with(&format!("sockhook {command}\n"))
+                    && text.contains(&format!("  sockhook {command} ")),
+                "{command} {flag}:\n{text}"
+            );
+        }
+    }
+    let levels = ["fatal", "error", "warning", "info", "usage"];
+    for args in [
+        &["serve", "--frob"][..],
+        &["token"],
+        &["frob"],
+        &["check", "--user"],
+    ] {
+        let out = sockhook(args);
+        let said = stderr(&out);
+        let line = said.lines().next().unwrap_or("");
+        let rest = line
+            .strip_prefix("sockhook: fatal: ")
+            .unwrap_or_else(|| panic!("{args:?}: {said}"));
+        assert!(
+            !levels.iter().any(|l| rest.starts_with(&format!("{l}:"))),
+            "{args:?}: stacked prefixes: {line}"
+        );
+    }
+}
+
+/// No message names the same path twice: the key's, for a missing file and
+/// for the unit's placeholder of a file systemd did not find.
+#[test]
+fn key_messages_name_each_path_once() {
+    let f = Fixture::new("key-paths");
+    let missing = f.dir.join("no-such-key");
+    let placeholder = f.dir.join("placeholder-key");
+    fs::write(
+        &placeholder,
+        "sockhook-missing-credential:/etc/sockhook/gone-key\n",
+    )
+    .unwrap();
+    for (key, path) in [
+        (&missing, missing.display().to_string()),
+        (&placeholder, "/etc/sockhook/gone-key".to_owned()),
+    ] {
+        let out = sockhook(&["token", "/hooks/a", "--key", key.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(100), "{out:?}");
+        let said = stderr(&out);
+        assert_eq!(said.matches(&path).count(), 1, "{said}");
+        assert_eq!(said.lines().count(), 1, "{said}");
     }
 }

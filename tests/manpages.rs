@@ -299,3 +299,121 @@ fn man_pages_render_without_warnings() {
         }
     }
 }
+
+/// `text` with runs of blanks and newlines as one space.
+fn flat(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn troubleshooting_in_sockhook_8_covers_what_admins_run_into() {
+    let text = flat(&section(&read("doc/sockhook.8"), "TROUBLESHOOTING"));
+    for needle in [
+        "journalctl -u sockhook.service",
+        "journalctl -u sockhook.service -p warning",
+        "standard error at priority warning",
+        "sockhook.service is failed",
+        "systemctl reset-failed sockhook.socket sockhook.service",
+        "service-start-limit-hit",
+        "ALLOWED_HOST_LIST",
+        "Allow requests to the local network from webhooks and integrations",
+        "systemctl restart sockhook.socket",
+        "sockhook check",
+        "visudo -f /etc/sudoers.d/sockhook",
+    ] {
+        assert!(
+            text.contains(needle),
+            "TROUBLESHOOTING in doc/sockhook.8 lacks {needle:?}"
+        );
+    }
+}
+
+/// Narrowing the address with `systemctl edit sockhook.socket` takes a
+/// restart of the socket; every page that says the one says the other.
+#[test]
+fn every_edit_of_the_socket_is_followed_by_its_restart() {
+    for (page, text) in [
+        ("README.md", read("README.md")),
+        ("doc/sockhook.8", plain(&read("doc/sockhook.8"))),
+    ] {
+        let text = flat(&text.replace(['`', '*'], ""));
+        let edits: Vec<usize> = text
+            .match_indices("systemctl edit sockhook.socket")
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            !edits.is_empty(),
+            "{page} no longer says how to narrow the address"
+        );
+        for i in edits {
+            let after = &text[i..(i + 400).min(text.len())];
+            assert!(
+                after.contains("systemctl restart sockhook.socket"),
+                "{page}: systemctl edit sockhook.socket without the restart: {after}"
+            );
+        }
+    }
+}
+
+/// The README's hooks name secrets the service can read: a credential the
+/// README also loads with `LoadCredential=`, or a file given group
+/// sockhook and mode 0640.
+#[test]
+fn readme_secrets_are_ones_the_service_can_read() {
+    let readme = read("README.md");
+    let secrets: Vec<&str> = readme
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("secret = \""))
+        .filter_map(|l| l.split('"').next())
+        .collect();
+    assert!(!secrets.is_empty(), "the README shows no secret");
+    for secret in secrets {
+        if secret.starts_with('/') {
+            assert!(
+                readme.contains(&format!("chgrp sockhook {secret}")),
+                "README: secret = {secret:?} is root-only as created"
+            );
+        } else {
+            assert!(
+                readme.contains(&format!("LoadCredential={secret}:")),
+                "README: secret = {secret:?} is a credential nothing loads"
+            );
+        }
+    }
+}
+
+/// Key rotation is documented where admins look, and what the pages print
+/// for a token URL is the form every client honours.
+#[test]
+fn key_rotation_and_the_token_url_form_are_documented() {
+    let readme = read("README.md");
+    let page = flat(&plain(&read("doc/sockhook.8")));
+    assert!(readme.contains("### Replacing the server key"));
+    for text in [readme.as_str(), page.as_str()] {
+        assert!(text.contains("systemctl stop sockhook.service"));
+        assert!(text.contains("umask 077"));
+    }
+    assert!(page.contains("Replace the server key"));
+    for (name, text) in [
+        ("README.md", readme.clone()),
+        ("doc/sockhook.8", plain(&read("doc/sockhook.8"))),
+        ("doc/sockhook.toml.5", plain(&read("doc/sockhook.toml.5"))),
+    ] {
+        assert!(
+            !text.contains("TOKEN@"),
+            "{name} shows a token URL without the colon"
+        );
+    }
+    assert!(page.contains("http://TOKEN:@pi:7777/hooks/kodi-restart"));
+}
+
+/// `make install` ends with the next steps, `sockhook check` first.
+#[test]
+fn make_install_says_to_run_check_next() {
+    let makefile = read("Makefile");
+    let next = makefile
+        .find("Installed. Next:")
+        .expect("make install prints its next steps");
+    let steps = &makefile[next..(next + 300).min(makefile.len())];
+    assert!(steps.contains("sockhook check"), "{steps}");
+}

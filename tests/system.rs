@@ -49,7 +49,18 @@ fn sudo_runs_the_allowed_command_as_root_and_refuses_others() {
         "command = [\"/usr/bin/sudo\", \"-n\", \"/usr/local/sbin/sockhook-test-denied\"]\nauth = \"token\"\n",
     );
     sys.allow_sudo(&["sockhook ALL=(root) NOPASSWD: /usr/local/sbin/sockhook-test-uid \"\""]);
-    sys.run_ok("sockhook check");
+    // check foresees what follows: whoami runs, denied is refused by sudo.
+    let check = sys.run("sockhook check");
+    let text = check.stdout_text();
+    assert_eq!(check.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("/hooks/whoami: ok: auth token, POST runs /usr/local/sbin/sockhook-test-uid as root (sudo -n)")
+            && text.contains(&format!(
+                "{HOOKS}/denied.toml: command: sudoers does not let user sockhook run /usr/local/sbin/sockhook-test-denied as root; add this line with visudo -f {SUDOERS}: "
+            ))
+            && text.contains(", 1 problem(s), "),
+        "{text}"
+    );
     sys.start_socket();
 
     let whoami = sys.token("/hooks/whoami");
@@ -895,4 +906,44 @@ fn accept_yes_variant_serves_concurrent_requests() {
     assert!(accepted.contains("NAccepted=20"), "{accepted}");
     assert_eq!(failed.trim(), "");
     sys.assert_listening("sockhook-accept.socket");
+}
+
+/// What sockhook(8)'s TROUBLESHOOTING says of a failed run: its stderr is in
+/// `journalctl -p warning` (its stdout only at info), the service is left
+/// `failed` once the activation ends, the socket keeps listening, the next
+/// request is served, and `systemctl reset-failed` clears the mark.
+#[test]
+fn a_failed_run_shows_at_warning_and_leaves_only_the_service_failed() {
+    let Some(sys) = System::install() else {
+        return;
+    };
+    sys.script(
+        "/usr/local/bin/sockhook-test-fail",
+        "#!/bin/sh\necho fine-on-stdout\necho 'deploy: disk full' >&2\nexit 3\n",
+    );
+    sys.hook(
+        "fail",
+        "command = [\"/usr/local/bin/sockhook-test-fail\"]\nauth = \"token\"\n",
+    );
+    sys.start_socket();
+    let token = sys.token("/hooks/fail");
+    assert_eq!(sys.post("fail", &token, ""), "204");
+    sys.wait_log(&["hook fail: run", "exited 3"], PATIENCE);
+    assert_eq!(sys.wait_stopped("sockhook.service"), "failed");
+    sys.assert_listening("sockhook.socket");
+    let warnings = sys.run_ok("journalctl -b --no-pager -o cat -u sockhook.service -p warning");
+    assert!(
+        warnings.contains("sockhook: warning: hook fail: deploy: disk full")
+            && warnings.contains("exited 3")
+            && !warnings.contains("fine-on-stdout"),
+        "-p warning:\n{warnings}"
+    );
+    assert!(
+        sys.log("sockhook.service")
+            .contains("hook fail: fine-on-stdout")
+    );
+    sys.run_ok("systemctl reset-failed sockhook.service");
+    assert_eq!(sys.state("sockhook.service").0, "inactive");
+    assert_eq!(sys.post("fail", &token, ""), "204");
+    sys.assert_listening("sockhook.socket");
 }
