@@ -13,6 +13,7 @@ use std::io::{self, BufRead, BufReader, PipeReader, Read};
 use std::net::IpAddr;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
@@ -68,6 +69,8 @@ pub struct Job {
     ticket: u64,
     /// Who wants to know about the run that covers this job.
     watches: Vec<Box<dyn Watch>>,
+    /// Run by `sockhook replay`: the command also gets `SOCKHOOK_REPLAY=1`.
+    replay: bool,
 }
 
 /// One of a run's outputs.
@@ -100,6 +103,27 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// `exited 0 after 0.004 s (run 4242)`, `not started: …`: for the journal.
+    pub fn describe(&self) -> String {
+        match self {
+            Outcome::NotStarted(why) => format!("not started: {why}"),
+            Outcome::Ran {
+                pid,
+                status,
+                timed_out,
+                elapsed,
+                ..
+            } => {
+                let how = match (timed_out, status) {
+                    (true, _) => "timed out".to_owned(),
+                    (false, Some(status)) => describe(*status),
+                    (false, None) => "could not be waited for".to_owned(),
+                };
+                format!("{how} after {:.3} s (run {pid})", elapsed.as_secs_f64())
+            }
+        }
+    }
+
     /// Whether the run counts as a success: exit 0 in time, or ended by
     /// sockhook's own stop (which is not the command failing).
     pub fn success(&self) -> bool {
@@ -189,13 +213,36 @@ impl Job {
             field(hook.scheme.delivery_header()),
             field(Some("content-type")),
         ];
+        Job::restore(hook, env, body, ticket, false)
+    }
+
+    /// A job from what the delivery journal kept of a request: the values
+    /// of [`ENV_NAMES`] in order, and the body.
+    pub fn restore(
+        hook: Arc<Hook>,
+        env: [OsString; ENV_NAMES.len()],
+        body: Body,
+        ticket: u64,
+        replay: bool,
+    ) -> Job {
         Job {
             hook,
             env,
             body,
             ticket,
             watches: Vec::new(),
+            replay,
         }
+    }
+
+    /// The values of [`ENV_NAMES`] the command gets, in order.
+    pub fn env(&self) -> &[OsString; ENV_NAMES.len()] {
+        &self.env
+    }
+
+    /// The body, the command's stdin.
+    pub fn body(&self) -> &Body {
+        &self.body
     }
 
     /// Adds an observer of the run that will cover this job.
@@ -227,6 +274,9 @@ struct Shared {
     activity: Arc<Activity>,
     /// Where runs get cgroups of their own, when systemd delegated one.
     cgroups: Option<Cgroups>,
+    /// The journal's lock directory: each run holds its hook's lock there,
+    /// so that `sockhook replay` waits for it (and it for a replay).
+    locks: Option<PathBuf>,
 }
 
 #[derive(Default)]
@@ -244,14 +294,20 @@ struct Runs {
 }
 
 impl Runner {
-    /// A runner that reports its runs to `activity`.
-    pub fn new(activity: Arc<Activity>, cgroups: Option<Cgroups>) -> Runner {
+    /// A runner that reports its runs to `activity`; with `locks`, each run
+    /// holds its hook's lock there (see [`crate::journal::lock_hook`]).
+    pub fn new(
+        activity: Arc<Activity>,
+        cgroups: Option<Cgroups>,
+        locks: Option<PathBuf>,
+    ) -> Runner {
         Runner {
             shared: Arc::new(Shared {
                 runs: Mutex::default(),
                 tickets: AtomicU64::new(1),
                 activity,
                 cgroups,
+                locks,
             }),
         }
     }
@@ -394,6 +450,16 @@ fn run_once(shared: &Shared, job: Job, watches: &Watches) -> Outcome {
             .map_err(|e| warning!("hook {name}: no cgroup for the run ({e}); a timeout reaches its process group only"))
             .ok()
     });
+    // Held until the run is over: a replay of this hook waits for it.
+    let _lock = shared.locks.as_deref().and_then(|locks| {
+        crate::journal::lock_hook(locks, name)
+            .map_err(|e| {
+                warning!(
+                    "hook {name}: unable to take its run lock ({e}); a replay may run alongside"
+                )
+            })
+            .ok()
+    });
     let (stdout, stderr, child) = match spawn(&job, cgroup.as_ref()) {
         Ok(pair) => pair,
         Err(e) => {
@@ -527,6 +593,7 @@ fn spawn(
         .env_clear()
         .env("PATH", PATH)
         .envs(ENV_NAMES.iter().zip(&job.env))
+        .envs(job.replay.then_some(("SOCKHOOK_REPLAY", "1")))
         .current_dir("/")
         .stdin(stdin)
         .stdout(stdout_writer)

@@ -63,6 +63,13 @@ struct Args {
     secret: Option<PathBuf>,
     id: Option<String>,
     timestamp: Option<u64>,
+    state: Option<PathBuf>,
+    journal_keep: usize,
+    journal_max_bytes: u64,
+    hook: Option<String>,
+    failed: bool,
+    since: Option<String>,
+    body: bool,
 }
 
 static HOOKS: Opt = Opt {
@@ -200,7 +207,7 @@ static URL_BASE: Opt = Opt {
 static USER: Opt = Opt {
     name: "user",
     value: "NAME",
-    help: "Run as root, judge every file as this user meets it under the installed sockhook.service [default: the unit's User=, else sockhook]",
+    help: "As root: check judges every file as this user meets it under the installed sockhook.service, replay runs the command as this user [default: the unit's User=, else sockhook]",
     set: |a, v| put(&mut a.user, Some(text("user", v)?)),
 };
 
@@ -252,8 +259,62 @@ static TIMESTAMP: Opt = Opt {
     },
 };
 
+static STATE: Opt = Opt {
+    name: "state",
+    value: "DIR",
+    help: "The delivery journal's state directory [default: $STATE_DIRECTORY under systemd (/var/lib/sockhook); else serve keeps no journal, and the others use /var/lib/sockhook]",
+    set: |a, v| put(&mut a.state, Some(v.into())),
+};
+
+static JOURNAL_KEEP: Opt = Opt {
+    name: "journal-keep",
+    value: "N",
+    help: "Finished deliveries kept per hook; older ones are removed as new ones come [default: 100]",
+    set: |a, v| put(&mut a.journal_keep, count("journal-keep", v)?),
+};
+
+static JOURNAL_MAX_BYTES: Opt = Opt {
+    name: "journal-max-bytes",
+    value: "BYTES",
+    help: "Most bytes the journal holds; the oldest finished deliveries go first, and when pending ones alone fill it, new deliveries are answered 503 [default: 268435456, 256 MiB]",
+    set: |a, v| {
+        put(
+            &mut a.journal_max_bytes,
+            count("journal-max-bytes", v)? as u64,
+        )
+    },
+};
+
+static HOOK: Opt = Opt {
+    name: "hook",
+    value: "NAME",
+    help: "Only the deliveries of this hook",
+    set: |a, v| put(&mut a.hook, Some(text("hook", v)?)),
+};
+
+static FAILED: Opt = Opt {
+    name: "failed",
+    value: "",
+    help: "Only the deliveries whose run failed",
+    set: |a, _| put(&mut a.failed, true),
+};
+
+static SINCE: Opt = Opt {
+    name: "since",
+    value: "WHEN",
+    help: "Only the deliveries received since WHEN: an age (30m, 12h, 7d) or a UTC date (2026-12-01 or 2026-12-01T08:30)",
+    set: |a, v| put(&mut a.since, Some(text("since", v)?)),
+};
+
+static BODY: Opt = Opt {
+    name: "body",
+    value: "",
+    help: "show: print the body, byte for byte, instead of the metadata",
+    set: |a, _| put(&mut a.body, true),
+};
+
 /// The subcommands and their options.
-pub const COMMANDS: [Subcommand; 4] = [
+pub const COMMANDS: [Subcommand; 6] = [
     Subcommand {
         name: "serve",
         operands: "",
@@ -273,6 +334,9 @@ pub const COMMANDS: [Subcommand; 4] = [
             &MAX_CONNECTIONS,
             &MAX_CONNECTIONS_PER_SOURCE,
             &PREAUTH_BUDGET,
+            &STATE,
+            &JOURNAL_KEEP,
+            &JOURNAL_MAX_BYTES,
         ],
     },
     Subcommand {
@@ -292,6 +356,18 @@ pub const COMMANDS: [Subcommand; 4] = [
         operands: "< BODY",
         summary: "Print the header lines that make BODY (stdin) pass a signature scheme, one per line, for curl -H @FILE.",
         options: &[&SCHEME, &SECRET, &ID, &TIMESTAMP],
+    },
+    Subcommand {
+        name: "deliveries",
+        operands: "[show ID]",
+        summary: "List the journaled deliveries, newest first: time, id, hook, peer, answer, the run's outcome, body size; `show ID` prints one delivery's metadata (with --body, its body).",
+        options: &[&STATE, &HOOK, &FAILED, &SINCE, &BODY],
+    },
+    Subcommand {
+        name: "replay",
+        operands: "ID",
+        summary: "Run a journaled delivery's hook again with its stored body and environment (plus SOCKHOOK_REPLAY=1), after any run of that hook in progress; the outcome is journaled as a new delivery.",
+        options: &[&STATE, &HOOKS, &USER],
     },
 ];
 
@@ -333,6 +409,19 @@ pub enum Command {
         id: Option<String>,
         /// Standard Webhooks timestamp; `None` for now.
         timestamp: Option<u64>,
+    },
+    /// `sockhook deliveries`.
+    Deliveries(crate::deliveries::Query),
+    /// `sockhook replay`.
+    Replay {
+        /// The delivery to run again.
+        id: String,
+        /// The journal's state directory; `None` for the default.
+        state: Option<PathBuf>,
+        /// Directory of hook files.
+        hooks_dir: PathBuf,
+        /// Who to run as, when started as root; `None`: the unit's `User=`.
+        user: Option<String>,
     },
     /// `--help`: the text to print, for all of sockhook or one subcommand.
     Help(String),
@@ -385,6 +474,13 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
         secret: None,
         id: None,
         timestamp: None,
+        state: None,
+        journal_keep: crate::journal::DEFAULT_KEEP,
+        journal_max_bytes: crate::journal::DEFAULT_MAX_BYTES,
+        hook: None,
+        failed: false,
+        since: None,
+        body: false,
     };
     let mut operands = Vec::new();
     while let Some(arg) = parser.next().map_err(usage)? {
@@ -396,7 +492,10 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
                     .iter()
                     .find(|o| o.name == long)
                     .ok_or_else(|| Error::Usage(format!("{name}: unknown option --{long}")))?;
-                let value = parser.value().map_err(usage)?;
+                let value = match option.value {
+                    "" => OsString::new(),
+                    _ => parser.value().map_err(usage)?,
+                };
                 (option.set)(&mut args, value)?;
             }
             Value(value) if !command.operands.is_empty() && !command.operands.starts_with('<') => {
@@ -419,6 +518,9 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
             head_timeout: args.head_timeout,
             request_timeout: args.request_timeout,
             limits: args.limits,
+            state: args.state,
+            journal_keep: args.journal_keep,
+            journal_max_bytes: args.journal_max_bytes,
         }),
         "check" => Command::Check {
             hooks_dir: args.hooks_dir,
@@ -451,6 +553,48 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
                 hooks_dir: args.hooks_dir,
             }
         }
+        "deliveries" => {
+            let show = match operands.as_slice() {
+                [] => None,
+                [show, id] if show == "show" => Some(id.clone()),
+                _ => {
+                    return Err(Error::Usage(
+                        "deliveries: give no operand (the list) or show ID".into(),
+                    ));
+                }
+            };
+            if args.body && show.is_none() {
+                return Err(Error::Usage("deliveries: --body goes with show ID".into()));
+            }
+            let since = match &args.since {
+                None => None,
+                Some(when) => Some(
+                    crate::deliveries::since(when, std::time::SystemTime::now())
+                        .map_err(Error::Usage)?,
+                ),
+            };
+            Command::Deliveries(crate::deliveries::Query {
+                state: args.state,
+                hook: args.hook,
+                failed: args.failed,
+                since,
+                show,
+                body: args.body,
+            })
+        }
+        "replay" => match operands.as_slice() {
+            [id] => Command::Replay {
+                id: id.clone(),
+                state: args.state,
+                hooks_dir: args.hooks_dir,
+                user: args.user,
+            },
+            _ => {
+                return Err(Error::Usage(
+                    "replay: give one delivery ID (see sockhook deliveries)".into(),
+                ));
+            }
+        },
         _ => Command::Sign {
             scheme: args
                 .scheme
@@ -528,9 +672,12 @@ fn command_help(command: &Subcommand) -> String {
     out
 }
 
-/// `--name VALUE`.
+/// `--name VALUE`, or `--name` for a flag.
 fn tag(option: &Opt) -> String {
-    format!("--{} {}", option.name, option.value)
+    match option.value {
+        "" => format!("--{}", option.name),
+        value => format!("--{} {value}", option.name),
+    }
 }
 
 /// `  sockhook NAME [--opt VALUE] … OPERANDS`, wrapped under its start.

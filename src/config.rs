@@ -75,6 +75,8 @@ pub struct Hook {
     pub tasks_max: u64,
     /// When and how the request is answered (`respond` and the keys that go with it).
     pub answer: Answer,
+    /// Whether accepted deliveries are kept in the delivery journal.
+    pub journal: bool,
 }
 
 /// When a hook's requests are answered.
@@ -113,7 +115,7 @@ pub const MAX_RESPOND_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// Every key a hook file may hold, as `HookFile` reads them.
-pub const HOOK_KEYS: [&str; 15] = [
+pub const HOOK_KEYS: [&str; 16] = [
     "command",
     "auth",
     "secret",
@@ -127,6 +129,7 @@ pub const HOOK_KEYS: [&str; 15] = [
     "content_type",
     "include_stderr",
     "exit_status",
+    "journal",
     "allow_unauthenticated",
     "match",
 ];
@@ -148,6 +151,7 @@ struct HookFile {
     content_type: Option<String>,
     include_stderr: Option<bool>,
     exit_status: Option<BTreeMap<String, i64>>,
+    journal: Option<bool>,
     allow_unauthenticated: Option<bool>,
     #[serde(rename = "match")]
     filter: Option<toml::Table>,
@@ -413,6 +417,7 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         name: name.to_owned(),
         tasks_max,
         answer,
+        journal: file.journal.unwrap_or(true),
         command,
         scheme,
         secret,

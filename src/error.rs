@@ -122,6 +122,10 @@ pub enum Refusal {
     UnsupportedCoding,
     /// A limit shared with other clients is reached; try again later (503).
     Busy(&'static str),
+    /// The delivery could not be stored in the journal, so it is not
+    /// accepted (503): a full or read-only disk, or a journal full of
+    /// pending deliveries.
+    NotStored(io::Error),
     /// An HTTP/2 client with prior knowledge: answered with an HTTP/2
     /// GOAWAY, `HTTP_1_1_REQUIRED`, logged as 505.
     Http2,
@@ -144,7 +148,7 @@ impl Refusal {
             Refusal::HeadTooLarge => 431,
             Refusal::HookBroken(_) | Refusal::Internal { .. } => 500,
             Refusal::UnsupportedCoding => 501,
-            Refusal::Busy(_) => 503,
+            Refusal::Busy(_) | Refusal::NotStored(_) => 503,
             Refusal::Http2 => 505,
         }
     }
@@ -153,7 +157,10 @@ impl Refusal {
     /// 5xx other than 501, which only says the client asked for too much,
     /// and 503, which says clients together asked for too much.
     pub fn is_server_fault(&self) -> bool {
-        matches!(self, Refusal::HookBroken(_) | Refusal::Internal { .. })
+        matches!(
+            self,
+            Refusal::HookBroken(_) | Refusal::Internal { .. } | Refusal::NotStored(_)
+        )
     }
 
     /// Shorthand for [`Refusal::Internal`].
@@ -195,6 +202,7 @@ impl fmt::Display for Refusal {
             Refusal::Internal { what, source } => write!(f, "unable to {what}: {source}"),
             Refusal::UnsupportedCoding => f.write_str("transfer coding other than chunked"),
             Refusal::Busy(why) => write!(f, "busy: {why}"),
+            Refusal::NotStored(e) => write!(f, "unable to journal the delivery: {e}"),
             Refusal::Http2 => f.write_str("HTTP/2 without TLS: answered GOAWAY, HTTP_1_1_REQUIRED"),
         }
     }
@@ -203,7 +211,7 @@ impl fmt::Display for Refusal {
 impl std::error::Error for Refusal {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Refusal::Internal { source, .. } => Some(source),
+            Refusal::Internal { source, .. } | Refusal::NotStored(source) => Some(source),
             _ => None,
         }
     }

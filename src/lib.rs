@@ -24,9 +24,11 @@ pub(crate) mod cgroup;
 pub(crate) mod check;
 pub(crate) mod cli;
 pub(crate) mod config;
+pub(crate) mod deliveries;
 pub(crate) mod error;
 pub(crate) mod filter;
 pub(crate) mod idle;
+pub(crate) mod journal;
 pub(crate) mod limits;
 pub(crate) mod listen;
 pub(crate) mod proxy;
@@ -62,6 +64,13 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8, Error> {
         } => {
             return Ok(check::check(&hooks_dir, key.as_deref(), user.as_deref()));
         }
+        Command::Deliveries(query) => return deliveries::deliveries(&query),
+        Command::Replay {
+            id,
+            state,
+            hooks_dir,
+            user,
+        } => return deliveries::replay(&id, state.as_deref(), &hooks_dir, user.as_deref()),
         Command::Token {
             path,
             key,

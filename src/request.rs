@@ -17,6 +17,7 @@ use crate::act::{Job, Runner};
 use crate::config::{self, Hook, Hooks, Problem, Stamp};
 use crate::error::Refusal;
 use crate::filter::Ignored;
+use crate::journal::{Journal, Recorder};
 use crate::limits::{Budget, Reservation, Source};
 use crate::log::{Clean, Level};
 use crate::read::{BodyDecoder, Framing, Head, Spool};
@@ -102,6 +103,8 @@ pub struct Shared {
     pub runner: Runner,
     /// Bytes spooled by requests not yet authenticated.
     pub budget: Arc<Budget>,
+    /// Where accepted deliveries are kept; `None` without a state directory.
+    pub journal: Option<Journal>,
 }
 
 /// A request whose head passed: its hook, what is left to verify, and how
@@ -241,9 +244,14 @@ pub fn decide(
         return Ok(Accepted::Ignored(why));
     }
     let ticket = shared.runner.ticket();
-    Ok(Accepted::Run(Box::new(Job::new(
-        hook, head, client, body, ticket,
-    ))))
+    let mut job = Job::new(hook, head, client, body, ticket);
+    // Journal → job: on disk before the answer says yes.
+    if let Some(journal) = shared.journal.as_ref().filter(|_| job.hook().journal) {
+        let user_agent = head.header("user-agent").unwrap_or_default();
+        let pending = journal.record(&job, user_agent, None)?;
+        job.watch(Box::new(Recorder::new(pending)));
+    }
+    Ok(Accepted::Run(Box::new(job)))
 }
 
 /// The response to an outcome, with the level and the words of its log line.

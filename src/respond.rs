@@ -85,7 +85,9 @@ impl Response {
         let mut headers = Vec::new();
         match refusal {
             Refusal::MethodNotAllowed { allow } => headers.push(("Allow", allow.clone())),
-            Refusal::Busy(_) => headers.push(("Retry-After", RETRY_AFTER_SECS.to_string())),
+            Refusal::Busy(_) | Refusal::NotStored(_) => {
+                headers.push(("Retry-After", RETRY_AFTER_SECS.to_string()));
+            }
             Refusal::Unauthorized {
                 challenge: true, ..
             } => {
@@ -95,6 +97,9 @@ impl Response {
         }
         let body = match refusal {
             Refusal::HookBroken(_) => "hook misconfigured; the server's log says why".into(),
+            Refusal::NotStored(_) => {
+                "the delivery could not be stored, so it was not accepted; try again later".into()
+            }
             r if r.is_server_fault() => "internal error".into(),
             r => r.to_string(),
         };
@@ -332,6 +337,19 @@ pub fn reason_phrase(status: u16) -> &'static str {
         )
 }
 
+/// The civil date (year, month, day) of `days` since 1970-01-01 (H.
+/// Hinnant, "chrono-Compatible Low-Level Date Algorithms").
+pub fn civil(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let (era, doe) = (z / 146_097, z % 146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + u64::from(month <= 2), month, day)
+}
+
 /// An IMF-fixdate (RFC 9110 §5.6.7), e.g. `Sun, 06 Nov 1994 08:49:37 GMT`.
 pub fn http_date(now: SystemTime) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
@@ -340,15 +358,7 @@ pub fn http_date(now: SystemTime) -> String {
     ];
     let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (H. Hinnant, "chrono-Compatible Low-Level Date Algorithms").
-    let z = days + 719_468;
-    let (era, doe) = (z / 146_097, z % 146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
+    let (year, month, day) = civil(days);
     format!(
         "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
         DAYS[(days % 7) as usize],

@@ -16,6 +16,7 @@ use crate::config::{self, CREDENTIALS_DIRECTORY, Problem};
 use crate::error::{EXIT_FAILED, EXIT_OK, Error};
 use crate::idle::Activity;
 use crate::info;
+use crate::journal::{self, Journal};
 use crate::limits::{Budget, Limits};
 use crate::listen::{self, Endpoint, Socket};
 use crate::proxy::Trusted;
@@ -59,6 +60,13 @@ pub struct Options {
     pub request_timeout: Duration,
     /// Connections and unauthenticated bytes a client may take.
     pub limits: Limits,
+    /// The state directory of the delivery journal; `None`:
+    /// `$STATE_DIRECTORY`, or no journal without it.
+    pub state: Option<PathBuf>,
+    /// Finished deliveries the journal keeps per hook.
+    pub journal_keep: usize,
+    /// Bytes the journal may hold.
+    pub journal_max_bytes: u64,
 }
 
 /// Serves until idle, or until SIGTERM/SIGINT; returns the exit code.
@@ -132,12 +140,21 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
         .iter()
         .map(|(name, _)| name.to_owned())
         .collect();
+    let journal = open_journal(options);
     let limits = options.limits;
     let shared = Arc::new(Shared {
         replay: Replay::new(runtime.as_deref()),
-        runner: Runner::new(Arc::clone(&activity), cgroups),
+        runner: Runner::new(
+            Arc::clone(&activity),
+            cgroups,
+            journal.as_ref().map(Journal::locks),
+        ),
         budget: Budget::new(limits.preauth_budget, limits.preauth_share()),
+        journal,
     });
+    if let Some(journal) = &shared.journal {
+        journal::resume(journal, &config.hooks, &shared.runner);
+    }
     let settings = Settings {
         head_timeout: options.head_timeout,
         request_timeout: options.request_timeout,
@@ -189,6 +206,24 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
         info!("exiting ({reason})");
         Ok(EXIT_OK)
     }
+}
+
+/// The delivery journal, ready; `None` (said once) without a state directory.
+fn open_journal(options: &Options) -> Option<Journal> {
+    let Some(state) = Journal::state_dir(options.state.as_deref()) else {
+        info!(
+            "no delivery journal: no StateDirectory= and no --state; a 204 promises a run by this process only"
+        );
+        return None;
+    };
+    let journal = Journal::new(&state, options.journal_keep, options.journal_max_bytes);
+    if let Err(e) = journal.prepare() {
+        crate::error!(
+            "unable to make the delivery journal in {}: {e}; deliveries are refused (503) until it can be written",
+            state.display()
+        );
+    }
+    Some(journal)
 }
 
 /// Blocks SIGTERM and SIGINT in every thread and returns an fd that reports them.
