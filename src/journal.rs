@@ -345,27 +345,50 @@ impl Journal {
     /// Every entry that can be read, oldest first, and one line for each
     /// that cannot (torn or corrupt), which is skipped.
     pub fn entries(&self) -> io::Result<(Vec<Entry>, Vec<String>)> {
+        self.read_where(|_| true)
+    }
+
+    /// The entries `wanted` picks from the listing, read; the problems of
+    /// those, and the torn files.
+    fn read_where(
+        &self,
+        wanted: impl Fn(&EntryFile) -> bool,
+    ) -> io::Result<(Vec<Entry>, Vec<String>)> {
         let mut entries = Vec::new();
         let mut problems = Vec::new();
-        for file in self.files()? {
+        for file in self.files()?.into_iter().filter(|f| wanted(f)) {
             match self.read_entry(&file.name) {
                 Ok(entry) => entries.push(entry),
                 Err(e) => problems.push(format!("skipped journal entry {}: {e}", file.name)),
             }
         }
-        for dirent in fs::read_dir(&self.deliveries)?.flatten() {
-            let name = dirent.file_name();
-            let name = name.to_string_lossy();
-            if let Some(torn) = name
-                .strip_suffix(".tmp")
-                .filter(|n| !n.ends_with(".outcome"))
-            {
-                problems.push(format!(
-                    "skipped journal entry {torn}: torn (a crash while it was written; it was never answered 2xx)"
-                ));
-            }
+        for torn in self.torn()? {
+            problems.push(format!(
+                "skipped journal entry {}: torn (a crash while it was written; it was never answered 2xx)",
+                torn.display()
+            ));
         }
         Ok((entries, problems))
+    }
+
+    /// Entries left half-written by a process that is gone: `.tmp` files
+    /// whose writer's lock can be taken (one being written is locked).
+    fn torn(&self) -> io::Result<Vec<PathBuf>> {
+        let mut torn = Vec::new();
+        for dirent in fs::read_dir(&self.deliveries)?.flatten() {
+            let path = dirent.path();
+            let name = dirent.file_name();
+            let name = name.to_string_lossy();
+            if !name.ends_with(".tmp") || name.ends_with(".outcome.tmp") {
+                continue;
+            }
+            let unlocked = File::open(&path)
+                .is_ok_and(|file| Flock::lock(file, FlockArg::LockExclusiveNonblock).is_ok());
+            if unlocked {
+                torn.push(path);
+            }
+        }
+        Ok(torn)
     }
 
     /// The job `entry` asked for, its body read back into a sealed memory
@@ -516,7 +539,9 @@ impl Journal {
     /// The pending entries whose writer is gone, oldest first, each locked
     /// for this process; logs one line per entry it skips.
     pub fn take_pending(&self) -> Vec<(Entry, Pending)> {
-        let (entries, problems) = match self.entries() {
+        // Only the pending ones are read: an activation pays for no more
+        // than the directory's listing when nothing is pending.
+        let (entries, problems) = match self.read_where(|f| !f.finished) {
             Ok(found) => found,
             Err(e) => {
                 warning!(
@@ -528,6 +553,10 @@ impl Journal {
         };
         for problem in problems {
             warning!("{problem}");
+        }
+        // Never answered 2xx, so nothing is lost with them; said once, above.
+        for torn in self.torn().unwrap_or_default() {
+            let _ = fs::remove_file(torn);
         }
         let mut taken = Vec::new();
         for entry in entries.into_iter().filter(|e| e.outcome.is_none()) {
@@ -594,7 +623,7 @@ pub fn resume(journal: &Journal, hooks: &Hooks, runner: &Runner) {
                 UNIX_EPOCH + std::time::Duration::from_millis(entry.received_ms)
             )
         );
-        job.watch(Box::new(Recorder::new(pending)));
+        job.watch(Box::new(Recorder::resumed(pending)));
         runner.trigger(job);
     }
 }
@@ -681,6 +710,8 @@ fn now_ms() -> u64 {
 pub struct Recorder {
     pending: Option<Pending>,
     coalesced: bool,
+    /// Run by a later activation than the one that accepted it.
+    resumed: bool,
 }
 
 impl Recorder {
@@ -689,6 +720,15 @@ impl Recorder {
         Recorder {
             pending: Some(pending),
             coalesced: false,
+            resumed: false,
+        }
+    }
+
+    /// The recorder of a pending delivery that a later activation runs.
+    fn resumed(pending: Pending) -> Recorder {
+        Recorder {
+            resumed: true,
+            ..Recorder::new(pending)
         }
     }
 }
@@ -718,6 +758,9 @@ impl Watch for Recorder {
         let mut line = outcome_line(outcome);
         if self.coalesced {
             line.push_str(" (coalesced into the run of a newer delivery)");
+        }
+        if self.resumed {
+            line.push_str(" (resumed: its first activation ended before its run finished)");
         }
         pending.finish(&line);
     }

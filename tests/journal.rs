@@ -284,6 +284,15 @@ fn deliveries_whose_run_never_finished_run_at_the_next_activation() {
     assert_eq!(server.post("/hooks/job", &[&auth], b"three").status(), 204);
     j.wait_order("job", 7);
     assert!(!server.log().contains("running it now"), "{}", server.log());
+    let resumed = j.list(&["--hook", "job"]);
+    assert_eq!(
+        resumed
+            .iter()
+            .filter(|l| l.contains("(resumed: its first activation ended before its run finished)"))
+            .count(),
+        2,
+        "{resumed:?}"
+    );
     assert_eq!(j.order("job").len(), 7);
 }
 
@@ -408,12 +417,18 @@ fn a_torn_tail_and_a_corrupt_entry_are_skipped_and_the_rest_replayable() {
         stderr.contains("corrupt: it holds 1 bytes of body, its head says 3"),
         "{stderr}"
     );
-    assert!(stderr.contains("9999999999999-1-1_rec: torn"), "{stderr}");
+    assert!(
+        stderr.contains("9999999999999-1-1_rec.tmp: torn"),
+        "{stderr}"
+    );
     let listed = String::from_utf8_lossy(&out.stdout).lines().count() - 1;
     assert_eq!(listed, 2, "{out:?}");
     // The next activation logs the same and serves.
     let server = j.serve(&[]);
-    server.wait_log("skipped journal entry", 2);
+    server.wait_log("skipped journal entry", 1);
+    assert!(server.log().contains("_rec.tmp: torn"), "{}", server.log());
+    // The torn file was never answered 2xx: the server removes it.
+    assert!(!torn.exists());
     assert_eq!(server.post("/hooks/rec", &[&auth], b"four").status(), 204);
     j.wait_order("rec", 8);
     let (status, _) = server.stop();
