@@ -628,3 +628,59 @@ fn without_a_state_directory_serve_says_it_keeps_no_journal() {
     assert_eq!(server.post("/hooks/rec", &[&auth], b"x").status(), 204);
     server.wait_log("no delivery journal: no StateDirectory= and no --state", 1);
 }
+
+/// A signed delivery: neither the secret nor the signature reaches any
+/// file of the journal, only the allowlisted head and the body.
+#[test]
+fn no_secret_or_signature_is_journaled() {
+    let j = Journaled::new("journal-secrets");
+    let secret_text = "journal-secret-7f3a";
+    let secret = j.f.dir.join("gh-secret");
+    fs::write(&secret, secret_text).unwrap();
+    let script = j.f.recorder("gh");
+    j.f.hook(
+        "gh",
+        &format!("command = [{script:?}]\nauth = \"github\"\nsecret = {secret:?}\n"),
+    );
+    let server = j.serve(&[]);
+    let body = br#"{"ref":"refs/heads/main"}"#;
+    let signature = github_signature(secret_text.as_bytes(), body);
+    let reply = server.post(
+        "/hooks/gh",
+        &[
+            &signature,
+            "X-GitHub-Event: push",
+            "X-GitHub-Delivery: 72d3162e-cc78-11e3-81ab-4c9367dc0958",
+            "Content-Type: application/json",
+        ],
+        body,
+    );
+    assert_eq!(reply.status(), 204, "{reply:?}");
+    let deadline = Instant::now() + PATIENCE;
+    while j.f.runs("gh") < 1 {
+        assert!(Instant::now() < deadline, "no run");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let hex = signature.rsplit('=').next().unwrap();
+    let mut files = 0;
+    for file in j.files("") {
+        let stored = fs::read(&file).unwrap();
+        let text = String::from_utf8_lossy(&stored);
+        assert!(!text.contains(hex), "{}: the signature", file.display());
+        assert!(
+            !text.contains(secret_text),
+            "{}: the secret",
+            file.display()
+        );
+        assert!(!text.contains("Hub-Signature"), "{}", file.display());
+        files += 1;
+    }
+    assert!(files >= 1);
+    let ids = j.ids();
+    let shown = String::from_utf8(j.sockhook(&["deliveries", "show", &ids[0]]).stdout).unwrap();
+    assert!(shown.contains("SOCKHOOK_EVENT: push"), "{shown}");
+    assert!(
+        shown.contains("SOCKHOOK_DELIVERY: 72d3162e-cc78-11e3-81ab-4c9367dc0958"),
+        "{shown}"
+    );
+}
