@@ -270,8 +270,8 @@ pub const COMMANDS: [Subcommand; 4] = [
     Subcommand {
         name: "check",
         operands: "",
-        summary: "Validate every hook file and the server key; one line per problem.",
-        options: &[&HOOKS, &KEY],
+        summary: "Validate every hook file and the server key, and the HTTPS certificate and key when configured; one line per problem.",
+        options: &[&HOOKS, &KEY, &TLS_CERT, &TLS_KEY],
     },
     Subcommand {
         name: "token",
@@ -301,6 +301,10 @@ pub enum Command {
         hooks_dir: PathBuf,
         /// Server key file; `None` for the default.
         key: Option<PathBuf>,
+        /// HTTPS certificate chain; `None` for the default.
+        tls_cert: Option<PathBuf>,
+        /// HTTPS private key; `None` for the default.
+        tls_key: Option<PathBuf>,
     },
     /// `sockhook token`.
     Token {
@@ -410,6 +414,8 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
         "check" => Command::Check {
             hooks_dir: args.hooks_dir,
             key: args.key,
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
         },
         "token" => {
             let path = match operands.as_slice() {

@@ -52,7 +52,16 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8, Error> {
         Command::Help(text) => print!("{text}"),
         Command::Version => println!("sockhook {}", env!("CARGO_PKG_VERSION")),
         Command::Serve(options) => return serve::serve(&options),
-        Command::Check { hooks_dir, key } => return Ok(check::check(&hooks_dir, key.as_deref())),
+        Command::Check {
+            hooks_dir,
+            key,
+            tls_cert,
+            tls_key,
+        } => {
+            let hooks = check::check(&hooks_dir, key.as_deref());
+            let tls = check::check_tls(tls_cert.as_deref(), tls_key.as_deref());
+            return Ok(hooks.max(tls));
+        }
         Command::Token {
             path,
             key,
