@@ -16,6 +16,7 @@ mod support;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, OnceLock};
@@ -76,7 +77,8 @@ impl Case {
         ];
         all.extend_from_slice(ARGS);
         all.extend_from_slice(args);
-        let server = f.serve_named(&[&plain, &tls], "http:https", &all);
+        let fds = [plain.as_raw_fd(), tls.as_raw_fd()];
+        let server = f.serve_named(&fds, plain.local_addr().unwrap(), "http:https", &all);
         Case {
             f,
             pki,

@@ -659,13 +659,19 @@ pub fn curl(args: &[&str]) -> (u16, String) {
 }
 
 impl Fixture {
-    /// `sockhook serve` with several listening sockets, passed as fds 3, 4, …
-    /// with `LISTEN_FDS` and `LISTEN_FDNAMES` (`names`, colon-separated), as
-    /// systemd passes the sockets of several `.socket` units to one service.
-    /// [`Server::addr`] is the first socket's address.
-    pub fn serve_named(&self, listeners: &[&TcpListener], names: &str, args: &[&str]) -> Server {
-        let addr = listeners[0].local_addr().unwrap();
-        let fds: Vec<RawFd> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+    /// `sockhook serve` with several listening sockets, `fds` (TCP or Unix),
+    /// passed as fds 3, 4, … with `LISTEN_FDS` and `LISTEN_FDNAMES` (`names`,
+    /// colon-separated), as systemd passes the sockets of several `.socket`
+    /// units to one service. [`Server::addr`] is `addr`, the TCP socket that
+    /// [`Server::request`] and the like connect to.
+    pub fn serve_named(
+        &self,
+        fds: &[RawFd],
+        addr: SocketAddr,
+        names: &str,
+        args: &[&str],
+    ) -> Server {
+        let fds = fds.to_vec();
         assert!(fds.len() <= 16, "at most 16 sockets");
         let mut command = piped(self.activation(args));
         command
