@@ -1363,3 +1363,35 @@ fn check_is_silent_about_https_when_it_is_not_configured() {
     assert_eq!(out.status.code(), Some(0), "{said}");
     assert!(!said.contains("HTTPS"), "{said}");
 }
+
+/// The shipped binary, HTTPS included, stays within 2.5 MiB stripped (issue
+/// 12). Release builds only: the release profile strips (`strip = true`);
+/// a debug build is not what ships.
+#[test]
+fn the_stripped_release_binary_stays_within_2_5_mib() {
+    const LIMIT: u64 = 5 * 1024 * 1024 / 2;
+    if cfg!(debug_assertions) {
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipped: a debug build; cargo test --release checks the size"
+        );
+        return;
+    }
+    let size = fs::metadata(BIN).unwrap().len();
+    assert!(size <= LIMIT, "{BIN} is {size} bytes, over {LIMIT}");
+    // Stripped indeed: no symbol table.
+    let out = Command::new("sh")
+        .args([
+            "-c",
+            &format!("LC_ALL=C readelf -S {BIN} 2>/dev/null | grep -c '[.]symtab' || true"),
+        ])
+        .output()
+        .unwrap();
+    if have("readelf") {
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "0",
+            "{BIN} has a symbol table"
+        );
+    }
+}
