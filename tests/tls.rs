@@ -1395,3 +1395,33 @@ fn the_stripped_release_binary_stays_within_2_5_mib() {
         );
     }
 }
+
+/// Over the per-source connection cap, a plain connection is told 503; a
+/// TLS connection must not be sent that plain text (a TLS client reads it
+/// as a corrupt record: "wrong version number"), only closed.
+#[test]
+fn over_the_per_source_cap_a_tls_client_gets_no_plain_text() {
+    let Some(case) = Case::start("tls-cap", &["--max-connections-per-source", "1"]) else {
+        return;
+    };
+    // The one connection 127.0.0.1 may have, held open.
+    let holder = case.connect_tls();
+    holder.set_nodelay(true).unwrap();
+    let mut over = case.connect_tls();
+    let _ = over.write_all(&client_hello([3, 3]));
+    let bytes = assert_closed(&mut over, &case);
+    assert!(
+        !bytes.starts_with(b"HTTP/"),
+        "plain HTTP on a TLS socket: {:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    case.server
+        .wait_log("over the limit of 1 at once per source", 1);
+    // The plain socket still answers 503 over the cap.
+    let mut plain = TcpStream::connect(case.server.addr).unwrap();
+    let reply = exchange(&mut plain, b"");
+    assert_eq!(reply.status(), 503, "{reply:?}");
+    drop(holder);
+    case.server.wait_log("closed during the TLS handshake", 1);
+    case.finish(0);
+}
