@@ -1425,3 +1425,55 @@ fn over_the_per_source_cap_a_tls_client_gets_no_plain_text() {
     case.server.wait_log("closed during the TLS handshake", 1);
     case.finish(0);
 }
+
+/// Under steady HTTPS traffic an activation never goes idle, so it would
+/// keep its certificate forever: `--max-lifetime` ends it at the first
+/// quiet moment past that age, which is what bounds how long an old
+/// certificate is served after a renewal (README, HTTPS).
+#[test]
+fn max_lifetime_ends_an_activation_under_steady_traffic() {
+    let Some(case) = Case::start("tls-lifetime", &["--max-lifetime", "1"]) else {
+        return;
+    };
+    let started = Instant::now();
+    let (tls, ca, token) = (case.tls, case.pki.ca.clone(), case.token.clone());
+    // A request every 100 ms (pacing: the traffic is the input) until the
+    // socket is gone with the process.
+    let traffic = thread::spawn(move || {
+        let (user, url) = (
+            format!("{token}:"),
+            format!("https://localhost:{}/hooks/a", tls.port()),
+        );
+        let resolve = format!("localhost:{}:127.0.0.1", tls.port());
+        let mut answered = 0;
+        while started.elapsed() < PATIENCE {
+            let (status, _) = curl(&[
+                "--cacert",
+                ca.to_str().unwrap(),
+                "--resolve",
+                &resolve,
+                "-u",
+                &user,
+                "-d",
+                BODY,
+                &url,
+            ]);
+            match status {
+                204 => answered += 1,
+                _ => return answered,
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        answered
+    });
+    let Case { server, f, .. } = case;
+    let (status, log) = server.wait(PATIENCE);
+    let lived = started.elapsed();
+    let answered = traffic.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("exiting (served its --max-lifetime"), "{log}");
+    assert!(answered >= 3, "only {answered} requests answered:\n{log}");
+    assert!(lived >= Duration::from_secs(1), "exited after {lived:?}");
+    assert!(!log.contains("exiting (idle)"), "{log}");
+    assert_eq!(f.runs("a"), log.matches(" exited 0 after ").count());
+}
