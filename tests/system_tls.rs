@@ -144,3 +144,69 @@ fn both_sockets_one_service_certificate_by_load_credential() {
         (sys.starts() == 2).then_some(())
     });
 }
+
+/// The indented block of README.md that starts with `first` (a line of
+/// its own, such as `[Socket]`), up to the next blank line, unindented.
+fn readme_block(first: &str) -> String {
+    let readme = std::fs::read_to_string(format!("{REPO}/README.md")).unwrap();
+    let start = readme
+        .find(&format!("\n    {first}\n"))
+        .unwrap_or_else(|| panic!("README.md has no block starting with {first:?}"));
+    readme[start + 1..]
+        .lines()
+        .take_while(|l| l.starts_with("    "))
+        .map(|l| format!("{}\n", &l[4..]))
+        .collect()
+}
+
+/// The README's systemd set-up for a reverse proxy, as drop-ins: the plain
+/// socket on /run/sockhook/http.sock and `--trusted-proxy unix`. A Unix peer
+/// (curl here, nginx in production) says who the client is, and that is
+/// what the log and the command see; the socket survives the idle exit and
+/// the service's RuntimeDirectory= of the same name.
+#[test]
+fn behind_a_proxy_the_readme_drop_ins_serve_on_a_unix_socket() {
+    let Some(sys) = System::install() else {
+        return;
+    };
+    let socket = readme_block("[Socket]");
+    assert!(
+        socket.contains("ListenStream=/run/sockhook/http.sock"),
+        "{socket}"
+    );
+    let service = readme_block("[Service]");
+    assert!(service.contains("--trusted-proxy unix"), "{service}");
+    sys.sb
+        .write_file("/etc/systemd/system/sockhook.socket.d/proxy.conf", &socket);
+    sys.sb.write_file(
+        "/etc/systemd/system/sockhook.service.d/proxy.conf",
+        &service,
+    );
+    sys.run_ok("systemctl daemon-reload");
+    sys.hook(
+        "env",
+        &format!("command = [\"/bin/sh\", \"-c\", \"env >{STATE}/env\"]\nauth = \"token\"\n"),
+    );
+    sys.start_socket();
+    let mode = sys.run_ok("stat -c '%a %G' /run/sockhook/http.sock");
+    assert_eq!(mode.trim(), "660 www-data");
+    let token = sys.token("/hooks/env");
+    let post = |client: &str| {
+        sys.curl(&format!(
+            "--unix-socket /run/sockhook/http.sock -H 'X-Forwarded-For: {client}' \
+             -u {token}: -d x http://localhost/hooks/env"
+        ))
+    };
+    assert_eq!(post("198.51.100.7"), "204");
+    sys.wait_log(&["198.51.100.7 via unix POST /hooks/env 204"], PATIENCE);
+    let env = sys.wait("the command's environment", PATIENCE, || {
+        sys.read(&format!("{STATE}/env"))
+    });
+    assert!(env.contains("SOCKHOOK_REMOTE_ADDR=198.51.100.7"), "{env}");
+    // Idle exit, then a second activation through the same socket path.
+    sys.wait_stopped("sockhook.service");
+    sys.wait_listening("sockhook.socket");
+    assert_eq!(post("198.51.100.8"), "204");
+    sys.wait_log(&["198.51.100.8 via unix POST /hooks/env 204"], PATIENCE);
+    assert_eq!(sys.starts(), 2);
+}
