@@ -1564,7 +1564,7 @@ def parse_arguments(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sockhook", default=os.path.join(repo, "target/release/sockhook"),
                    help="sockhook binary (default: target/release/sockhook); without it, only the peers run")
-    p.add_argument("--quick", action="store_true", help="a smoke run (about 70 s on 2 cores): few requests, no 25 MiB")
+    p.add_argument("--quick", action="store_true", help="a smoke run (about 100 s on 2 cores): few requests, no 25 MiB")
     p.add_argument("--responders", default=",".join(RESPONDERS),
                    help=f"comma-separated subset of: {', '.join(RESPONDERS)}")
     p.add_argument("--requests", type=int, help="requests per case up to 1 MiB (default 300; --quick 8)")
