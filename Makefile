@@ -234,10 +234,11 @@ deb:
 
 # `make bench`: sockhook (cold and warm) side by side with the floor
 # (bench/floor/floor.c, started the same way), the seed's netcat recipe and
-# adnanh/webhook, on loopback; installs webhook, netcat-openbsd, curl,
+# adnanh/webhook, on loopback, and over HTTPS sockhook cold and warm against
+# webhook -secure; installs webhook, netcat-openbsd, curl, openssl,
 # python3-matplotlib, gcc and libssl-dev when missing. Writes
 # bench/results/latest.{md,json,png}. BENCH_ARGS=--quick: a smoke run of
-# about 70 s on 2 cores.
+# about 100 s on 2 cores.
 BENCH_ARGS ?=
 
 bench: build

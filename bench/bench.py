@@ -5,9 +5,10 @@ Responders: sockhook started the way systemd's socket activation starts it (cold
 activation per request; warm: one activation serves a whole case), the floor (bench/floor/
 floor.c: the least a correct responder can do, started exactly as sockhook is), the seed's
 netcat recipe (restarted after every request, as its `Restart=always` unit does) and
-adnanh/webhook (Debian's `webhook`, started once). Every request is HMAC-signed the way GitHub
-signs it, and every responder that checks signatures checks it. See bench/README.md for what
-is measured and how.
+adnanh/webhook (Debian's `webhook`, started once); and over HTTPS, sockhook cold and warm on a
+socket named `https` against `webhook -secure`, with the same certificate. Every request is
+HMAC-signed the way GitHub signs it, and every responder that checks signatures checks it.
+See bench/README.md for what is measured and how.
 
 Standard library only, plus matplotlib for the chart.
 """
@@ -30,6 +31,7 @@ import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -62,14 +64,22 @@ FLOOR_COLD = "floor cold"
 FLOOR_WARM = "floor warm"
 NETCAT_RECIPE = "netcat recipe"
 ADNANH_WEBHOOK = "adnanh/webhook"
-RESPONDERS = (COLD, WARM, FLOOR_COLD, FLOOR_WARM, NETCAT_RECIPE, ADNANH_WEBHOOK)
+# HTTPS: every request a new connection with a full handshake (no session resumption), the
+# same EC P-256 certificate for both, which the clients verify
+COLD_TLS = "sockhook cold https"
+WARM_TLS = "sockhook warm https"
+WEBHOOK_TLS = "webhook https"
+RESPONDERS = (COLD, WARM, FLOOR_COLD, FLOOR_WARM, NETCAT_RECIPE, ADNANH_WEBHOOK, COLD_TLS, WARM_TLS, WEBHOOK_TLS)
 SOCKHOOKS = (COLD, WARM)
+SOCKHOOKS_TLS = (COLD_TLS, WARM_TLS)
 FLOORS = (FLOOR_COLD, FLOOR_WARM)
 # ratio columns: sockhook ÷ another responder, each against the one it is comparable with:
 # the floor started the same way first, then the peers
 RATIOS = (("cold ÷ floor", COLD, FLOOR_COLD), ("warm ÷ floor", WARM, FLOOR_WARM),
           ("warm ÷ webhook", WARM, ADNANH_WEBHOOK), ("cold ÷ webhook", COLD, ADNANH_WEBHOOK),
-          ("cold ÷ netcat", COLD, NETCAT_RECIPE))
+          ("cold ÷ netcat", COLD, NETCAT_RECIPE),
+          ("warm https ÷ webhook https", WARM_TLS, WEBHOOK_TLS), ("cold https ÷ webhook https", COLD_TLS, WEBHOOK_TLS),
+          ("warm https ÷ warm", WARM_TLS, WARM))
 # what each responder's latency is divided by in the chart's "÷ floor" panels: the floor
 # started the same way (one process per request, or one process for the case)
 FLOOR_OF = {COLD: FLOOR_COLD, WARM: FLOOR_WARM, NETCAT_RECIPE: FLOOR_COLD, ADNANH_WEBHOOK: FLOOR_WARM}
@@ -409,6 +419,7 @@ class Responder:
     expected_status = 0
     port = 0
     checks_signatures = True
+    cafile: str | None = None  # HTTPS: the certificate clients verify the responder with
 
     def start(self) -> None: ...
     def stop(self) -> None: ...
@@ -433,8 +444,9 @@ class Activated(Responder):
 
     expected_status = 204
 
-    def __init__(self, label, argv, idle_timeout, cold, logfile, sampler, logs_runs=True):
+    def __init__(self, label, argv, idle_timeout, cold, logfile, sampler, logs_runs=True, cafile=None):
         self.label = label
+        self.cafile = cafile  # HTTPS: the socket is passed as systemd passes one named `https`
         self.binary = argv[0]
         self.comm = os.path.basename(argv[0])[:15]
         self.argv = argv + [idle_timeout]
@@ -463,7 +475,8 @@ class Activated(Responder):
 
     def spawn(self, listener_fd: int) -> int:
         """Start the responder with listener_fd as fd 3 and LISTEN_* set, as systemd does."""
-        return spawn_process(LAUNCHER + self.argv, ACTIVATION_ENV, self._null_fd, self._log_fd, fd3=listener_fd)
+        env = dict(ACTIVATION_ENV, LISTEN_FDNAMES="https") if self.cafile else ACTIVATION_ENV
+        return spawn_process(LAUNCHER + self.argv, env, self._null_fd, self._log_fd, fd3=listener_fd)
 
     def _activate_on_pending_connections(self) -> None:
         poller = select.poll()
@@ -628,9 +641,14 @@ class AdnanhWebhook(Responder):
     label = ADNANH_WEBHOOK
     expected_status = 200
 
-    def __init__(self, workdir, logfile):
+    def __init__(self, workdir, logfile, tls: tuple[str, str] | None = None):
+        """tls: (certificate, key) for `-secure`."""
         self.hooks_file = os.path.join(workdir, "webhook-hooks.json")
         self.logfile = logfile
+        self.tls = tls
+        if tls:
+            self.label = WEBHOOK_TLS
+            self.cafile = tls[0]
         self._cpu_before = 0.0
         self._hwm_resettable = True
 
@@ -652,7 +670,8 @@ class AdnanhWebhook(Responder):
         self.port = free_port()
         self._log = open(self.logfile, "ab")
         self.process = subprocess.Popen(
-            [WEBHOOK, "-hooks", self.hooks_file, "-ip", "127.0.0.1", "-port", str(self.port)],
+            [WEBHOOK, "-hooks", self.hooks_file, "-ip", "127.0.0.1", "-port", str(self.port)]
+            + (["-secure", "-cert", self.tls[0], "-key", self.tls[1]] if self.tls else []),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,
@@ -748,14 +767,19 @@ def classify_curl_failure(code: int, stderr: str) -> str:
     return CURL_FAILURES.get(code, "other")
 
 
-def send_with_curl(port: int, body: Body, expected_status: int, expect_100: bool = False, signature=None) -> Outcome:
-    """One request by curl; the latency is curl's own time_total (connect to last byte)."""
+def send_with_curl(port: int, body: Body, expected_status: int, expect_100: bool = False, signature=None,
+                   cafile: str | None = None) -> Outcome:
+    """One request by curl; the latency is curl's own time_total (connect to last byte).
+    With cafile, over HTTPS to `localhost`, verified against cafile."""
     argv = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code} %{time_total}", "--max-time", str(REQUEST_TIMEOUT)]
+    if cafile:
+        argv += ["--cacert", cafile, "--resolve", f"localhost:{port}:127.0.0.1"]
     for name, value in request_headers(body, signature):
         argv += ["-H", f"{name}: {value}"]
     # curl adds `Expect: 100-continue` by itself above 1 MiB; only the Expect case has it
     argv += ["-H", "Expect: 100-continue" if expect_100 else "Expect:"]
-    argv += ["--data-binary", "@" + body.file, f"http://127.0.0.1:{port}{HOOK_PATH}"]
+    url = f"https://localhost:{port}{HOOK_PATH}" if cafile else f"http://127.0.0.1:{port}{HOOK_PATH}"
+    argv += ["--data-binary", "@" + body.file, url]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=REQUEST_TIMEOUT + 10)
     if done.returncode != 0:
         return Outcome(None, classify_curl_failure(done.returncode, done.stderr), done.stderr.strip()[-200:])
@@ -765,9 +789,22 @@ def send_with_curl(port: int, body: Body, expected_status: int, expect_100: bool
     return Outcome(float(seconds), None)
 
 
-def send_raw(port: int, body: Body, expected_status: int, signature=None) -> Outcome:
+TLS_CONTEXTS: dict[str, ssl.SSLContext] = {}
+
+
+def tls_context(cafile: str) -> ssl.SSLContext:
+    """A verifying client context trusting cafile only, made once per file."""
+    if cafile not in TLS_CONTEXTS:
+        context = ssl.create_default_context(cafile=cafile)
+        context.set_alpn_protocols(["http/1.1"])
+        TLS_CONTEXTS[cafile] = context
+    return TLS_CONTEXTS[cafile]
+
+
+def send_raw(port: int, body: Body, expected_status: int, signature=None, cafile: str | None = None) -> Outcome:
     """One request by a client that writes the whole request before it reads anything, as
-    phone apps do; the latency runs from connect() to the end of the response (EOF)."""
+    phone apps do; the latency runs from connect() to the end of the response (EOF). With
+    cafile, over HTTPS (the handshake included), verified against cafile for `localhost`."""
     head = f"POST {HOOK_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUser-Agent: sockhook-bench\r\n"
     head += "".join(f"{name}: {value}\r\n" for name, value in request_headers(body, signature))
     head += f"Content-Length: {body.size}\r\nConnection: close\r\n\r\n"
@@ -775,11 +812,16 @@ def send_raw(port: int, body: Body, expected_status: int, signature=None) -> Out
     received = b""
     started = time.perf_counter()
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=REQUEST_TIMEOUT) as raw:
+            s = tls_context(cafile).wrap_socket(raw, server_hostname="localhost") if cafile else raw
             s.sendall(request)
             try:
                 for _ in range(1000):  # a response is far shorter than 1000 reads
-                    chunk = s.recv(65536)
+                    try:
+                        chunk = s.recv(65536)
+                    except ssl.SSLEOFError:
+                        # EOF without close_notify: what webhook -secure does (Go closes so)
+                        chunk = b""
                     if not chunk:
                         break
                     received += chunk
@@ -795,6 +837,8 @@ def send_raw(port: int, body: Body, expected_status: int, signature=None) -> Out
         return Outcome(None, "reset", f"{len(received)} response bytes before the reset")
     except socket.timeout:
         return Outcome(None, "timeout")
+    except ssl.SSLError as e:
+        return Outcome(None, "other", f"TLS: {e}")
     except OSError as e:
         return Outcome(None, "other", str(e))
     if not response_is_complete(received):
@@ -865,8 +909,9 @@ def plan_cases(args) -> list[Case]:
 
 def send_one(case: Case, responder: Responder, body: Body) -> Outcome:
     if case.client == "curl":
-        return send_with_curl(responder.port, body, responder.expected_status, case.expect_100)
-    return send_raw(responder.port, body, responder.expected_status)
+        return send_with_curl(responder.port, body, responder.expected_status, case.expect_100,
+                              cafile=responder.cafile)
+    return send_raw(responder.port, body, responder.expected_status, cafile=responder.cafile)
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:
@@ -895,7 +940,8 @@ def run_case(case: Case, responder: Responder, body: Body) -> dict:
     else:
         responder.wait_until_ready()
         with concurrent.futures.ThreadPoolExecutor(case.concurrency) as pool:
-            outcomes = list(pool.map(lambda _: send_raw(responder.port, body, responder.expected_status), range(case.requests)))
+            outcomes = list(pool.map(lambda _: send_raw(responder.port, body, responder.expected_status,
+                                                        cafile=responder.cafile), range(case.requests)))
     wall = time.perf_counter() - wall_started
     usage = responder.end_case()
     # requests that reached the responder: refused ones never reached a process
@@ -1010,14 +1056,26 @@ def floor_note(cold_idle: str) -> str:
             "sockhook's (and the peers') CPU includes the action /bin/true; the floor runs none.")
 
 
+def make_certificate(workdir: str) -> tuple[str, str]:
+    """A self-signed EC P-256 certificate for localhost and 127.0.0.1 and its key (the
+    clients trust the certificate itself): (certificate, key)."""
+    cert, key = os.path.join(workdir, "tls.crt"), os.path.join(workdir, "tls.key")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True, timeout=60)
+    os.chmod(key, 0o600)
+    return cert, key
+
+
 def sanity_check(responder: Responder, body: Body) -> dict:
     """A request with a wrong signature must be refused, and a right one accepted."""
     wrong = "sha256=" + hmac.new(b"not the secret", body.data, hashlib.sha256).hexdigest()
     responder.begin_case()
     responder.wait_until_ready()
-    refused = send_raw(responder.port, body, responder.expected_status, signature=wrong)
+    refused = send_raw(responder.port, body, responder.expected_status, signature=wrong, cafile=responder.cafile)
     responder.wait_until_ready()
-    accepted = send_raw(responder.port, body, responder.expected_status)
+    accepted = send_raw(responder.port, body, responder.expected_status, cafile=responder.cafile)
     responder.end_case()
     refused_ok = refused.failure == "wrong status" or not responder.checks_signatures
     return {
@@ -1249,6 +1307,11 @@ def checks_against_the_goals(report: dict) -> list[tuple[str, str, str, bool]]:
         if worst:
             checks.append(("5", "cold median latency ≤ 2× adnanh/webhook's warm, 0–64 KiB",
                            f"worst cold ÷ webhook {worst[0]:.2f}× ({worst[1]})", worst[0] <= 2))
+    if WEBHOOK_TLS in present and WARM_TLS in present:
+        worst = worst_ratio(WARM_TLS, WEBHOOK_TLS, sized)
+        if worst:
+            checks.append(("12", "warm HTTPS median latency ≤ webhook -secure's, every size",
+                           f"worst warm https ÷ webhook https {worst[0]:.2f}× ({worst[1]})", worst[0] <= 1))
     for c in [c for c in report["cases"] if info[c]["expect_100"]]:
         for r in ours:
             res = results[r].get(c)
@@ -1260,9 +1323,11 @@ def checks_against_the_goals(report: dict) -> list[tuple[str, str, str, bool]]:
 
 
 COLOURS = {COLD: "#1b7837", WARM: "#7fbf7b", FLOOR_COLD: "#252525", FLOOR_WARM: "#8c8c8c",
-           NETCAT_RECIPE: "#e08214", ADNANH_WEBHOOK: "#2166ac"}
-MARKERS = {COLD: "o", WARM: "s", FLOOR_COLD: "v", FLOOR_WARM: "P", NETCAT_RECIPE: "^", ADNANH_WEBHOOK: "D"}
-LINESTYLES = {FLOOR_COLD: "--", FLOOR_WARM: "--"}
+           NETCAT_RECIPE: "#e08214", ADNANH_WEBHOOK: "#2166ac",
+           COLD_TLS: "#762a83", WARM_TLS: "#c2a5cf", WEBHOOK_TLS: "#67a9cf"}
+MARKERS = {COLD: "o", WARM: "s", FLOOR_COLD: "v", FLOOR_WARM: "P", NETCAT_RECIPE: "^", ADNANH_WEBHOOK: "D",
+           COLD_TLS: "o", WARM_TLS: "s", WEBHOOK_TLS: "D"}
+LINESTYLES = {FLOOR_COLD: "--", FLOOR_WARM: "--", COLD_TLS: ":", WARM_TLS: ":", WEBHOOK_TLS: ":"}
 
 
 def tick_label(responder: str) -> str:
@@ -1499,7 +1564,7 @@ def parse_arguments(argv):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sockhook", default=os.path.join(repo, "target/release/sockhook"),
                    help="sockhook binary (default: target/release/sockhook); without it, only the peers run")
-    p.add_argument("--quick", action="store_true", help="a smoke run (about 70 s on 2 cores): few requests, no 25 MiB")
+    p.add_argument("--quick", action="store_true", help="a smoke run (about 100 s on 2 cores): few requests, no 25 MiB")
     p.add_argument("--responders", default=",".join(RESPONDERS),
                    help=f"comma-separated subset of: {', '.join(RESPONDERS)}")
     p.add_argument("--requests", type=int, help="requests per case up to 1 MiB (default 300; --quick 8)")
@@ -1572,7 +1637,15 @@ def main(argv) -> int:
     wanted = args.responders
     hooks_dir, key_file = write_sockhook_config(workdir)
     cold_idle = COLD_IDLE_TIMEOUTS[0]
-    if {COLD, WARM} & set(wanted):
+    tls_files = make_certificate(workdir) if {COLD_TLS, WARM_TLS, WEBHOOK_TLS} & set(wanted) else None
+    if tls_files:
+        notes.append("HTTPS: every request is a new connection with a full handshake (no session resumption), "
+                     "TLS 1.3, an EC P-256 certificate for `localhost`, verified by the client (curl --cacert, "
+                     "Python's ssl); sockhook gets it with --tls-cert/--tls-key on a socket passed with "
+                     "LISTEN_FDNAMES=https, webhook with -secure -cert -key. The raw client, like a phone app, keeps "
+                     "Nagle's algorithm on: where its last TLS record waits for the server's delayed ACK it pays "
+                     "about 40 ms, with either server (curl sets TCP_NODELAY and never does).")
+    if {COLD, WARM, COLD_TLS, WARM_TLS} & set(wanted):
         if os.access(args.sockhook, os.X_OK):
             check = subprocess.run([args.sockhook, "check", "--hooks", hooks_dir, "--key", key_file],
                                    capture_output=True, text=True, timeout=30)
@@ -1581,7 +1654,7 @@ def main(argv) -> int:
             report["versions"]["sockhook"] = sockhook_version(args.sockhook)
             size = os.path.getsize(args.sockhook)
             report["sockhook_binary_bytes"] = size
-            for r in (COLD, WARM):
+            for r in (COLD, WARM, COLD_TLS, WARM_TLS):
                 report["binary_sizes"][r] = f"{size / 1024:.0f} KiB"
             overhead = measure_activation_overhead(workdir)
             report["activation_overhead"] = overhead
@@ -1590,7 +1663,7 @@ def main(argv) -> int:
                 f"LISTEN_PID) costs {overhead['wall_ms_median']:.2f} ms and {overhead['cpu_ms_median']:.2f} ms CPU per "
                 "activation (median, /bin/true in sockhook's place); cold figures include it, as they would include "
                 "systemd's own fork and exec.")
-            if COLD in wanted:
+            if {COLD, COLD_TLS} & set(wanted):
                 cold_idle = choose_cold_idle_timeout(args.sockhook, hooks_dir, key_file, workdir)
                 notes.append(f"sockhook cold runs with --idle-timeout {cold_idle}, warm with {WARM_IDLE_TIMEOUT}.")
             sockhook_argv = [args.sockhook, "serve", "--hooks", hooks_dir, "--key", key_file, "--idle-timeout"]
@@ -1600,6 +1673,15 @@ def main(argv) -> int:
             if WARM in wanted:
                 responders.append(Activated(WARM, sockhook_argv, WARM_IDLE_TIMEOUT, False,
                                             os.path.join(workdir, "sockhook-warm.log"), sampler))
+            if tls_files:
+                cert, key = tls_files
+                tls_argv = sockhook_argv[:-1] + ["--tls-cert", cert, "--tls-key", key, "--idle-timeout"]
+                if COLD_TLS in wanted:
+                    responders.append(Activated(COLD_TLS, tls_argv, cold_idle, True,
+                                                os.path.join(workdir, "sockhook-cold-https.log"), sampler, cafile=cert))
+                if WARM_TLS in wanted:
+                    responders.append(Activated(WARM_TLS, tls_argv, WARM_IDLE_TIMEOUT, False,
+                                                os.path.join(workdir, "sockhook-warm-https.log"), sampler, cafile=cert))
         else:
             log(f"no sockhook binary at {args.sockhook}: running the peers only")
             notes.append(f"sockhook not run: no binary at {args.sockhook}.")
@@ -1626,6 +1708,9 @@ def main(argv) -> int:
     if ADNANH_WEBHOOK in wanted:
         responders.append(AdnanhWebhook(workdir, os.path.join(workdir, "webhook.log")))
         report["binary_sizes"][ADNANH_WEBHOOK] = f"{os.path.getsize(WEBHOOK) / 1024:.0f} KiB"
+    if WEBHOOK_TLS in wanted and tls_files:
+        responders.append(AdnanhWebhook(workdir, os.path.join(workdir, "webhook-https.log"), tls=tls_files))
+        report["binary_sizes"][WEBHOOK_TLS] = f"{os.path.getsize(WEBHOOK) / 1024:.0f} KiB"
     if not responders:
         log("nothing to run")
         return 1

@@ -342,8 +342,8 @@ pub const COMMANDS: [Subcommand; 6] = [
     Subcommand {
         name: "check",
         operands: "",
-        summary: "Validate every hook file, its secret and command, and the server key; run as root, judge each as the service's user meets it, sudoers included. One line per problem.",
-        options: &[&HOOKS, &KEY, &USER],
+        summary: "Validate every hook file, its secret and command, and the server key, and the HTTPS certificate and key when configured; run as root, judge each as the service's user meets it, sudoers included. One line per problem.",
+        options: &[&HOOKS, &KEY, &USER, &TLS_CERT, &TLS_KEY],
     },
     Subcommand {
         name: "token",
@@ -387,6 +387,10 @@ pub enum Command {
         key: Option<PathBuf>,
         /// The user to judge files as; `None` for the unit's.
         user: Option<String>,
+        /// HTTPS certificate chain; `None` for the default.
+        tls_cert: Option<PathBuf>,
+        /// HTTPS private key; `None` for the default.
+        tls_key: Option<PathBuf>,
     },
     /// `sockhook token`.
     Token {
@@ -526,6 +530,8 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
             hooks_dir: args.hooks_dir,
             key: args.key,
             user: args.user,
+            tls_cert: args.tls_cert,
+            tls_key: args.tls_key,
         },
         "token" => {
             let path = match operands.as_slice() {

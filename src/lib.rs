@@ -61,8 +61,12 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8, Error> {
             hooks_dir,
             key,
             user,
+            tls_cert,
+            tls_key,
         } => {
-            return Ok(check::check(&hooks_dir, key.as_deref(), user.as_deref()));
+            let hooks = check::check(&hooks_dir, key.as_deref(), user.as_deref());
+            let tls = check::check_tls(tls_cert.as_deref(), tls_key.as_deref());
+            return Ok(hooks.max(tls));
         }
         Command::Deliveries(query) => return deliveries::deliveries(&query),
         Command::Replay {

@@ -620,12 +620,15 @@ impl Reactor<'_> {
                 self.report_refused(true);
             }
             // Best effort, unread input or not: this client holds too much already.
-            let mut stream = stream;
-            let _ = stream.set_nonblocking();
-            let _ = stream.write(
-                &Response::refusal(&Refusal::Busy("too many connections from your address"))
-                    .to_bytes(SystemTime::now()),
-            );
+            // A TLS client would read plain text as a corrupt record: closed unanswered.
+            if !tls {
+                let mut stream = stream;
+                let _ = stream.set_nonblocking();
+                let _ = stream.write(
+                    &Response::refusal(&Refusal::Busy("too many connections from your address"))
+                        .to_bytes(SystemTime::now()),
+                );
+            }
             return;
         }
         if self.connections.total() > limits.max_connections {

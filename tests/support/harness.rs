@@ -657,3 +657,47 @@ pub fn curl(args: &[&str]) -> (u16, String) {
         .unwrap_or(0);
     (status, String::from_utf8_lossy(&out.stderr).into_owned())
 }
+
+impl Fixture {
+    /// `sockhook serve` with several listening sockets, `fds` (TCP or Unix),
+    /// passed as fds 3, 4, … with `LISTEN_FDS` and `LISTEN_FDNAMES` (`names`,
+    /// colon-separated), as systemd passes the sockets of several `.socket`
+    /// units to one service. [`Server::addr`] is `addr`, the TCP socket that
+    /// [`Server::request`] and the like connect to.
+    pub fn serve_named(
+        &self,
+        fds: &[RawFd],
+        addr: SocketAddr,
+        names: &str,
+        args: &[&str],
+    ) -> Server {
+        let fds = fds.to_vec();
+        assert!(fds.len() <= 16, "at most 16 sockets");
+        let mut command = piped(self.activation(args));
+        command
+            .env("LISTEN_FDS", fds.len().to_string())
+            .env("LISTEN_FDNAMES", names);
+        // SAFETY: only async-signal-safe calls (fcntl, dup2, close) between
+        // fork and exec; `fds` was allocated before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                // Out of the way first, so that no fd is overwritten before it is moved.
+                let mut moved = [0; 16];
+                for (i, &fd) in fds.iter().enumerate() {
+                    moved[i] = nix::libc::fcntl(fd, nix::libc::F_DUPFD, 100);
+                    if moved[i] < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                for (i, &fd) in moved[..fds.len()].iter().enumerate() {
+                    if nix::libc::dup2(fd, 3 + i as RawFd) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    nix::libc::close(fd);
+                }
+                Ok(())
+            });
+        }
+        Server::new(command.spawn().unwrap(), addr)
+    }
+}

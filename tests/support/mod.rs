@@ -2,5 +2,6 @@
 
 pub mod harness;
 pub mod net;
+pub mod pki;
 pub mod sandbox;
 pub mod system;
