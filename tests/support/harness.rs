@@ -500,6 +500,25 @@ impl Fixture {
         self.serve_on(&listener, args, env)
     }
 
+    /// [`Fixture::serve`] on a socket listening with `backlog` (the units'
+    /// `Backlog=`) rather than std's 128: for tests that open connections
+    /// faster than one `accept` turn takes them.
+    pub fn serve_with_backlog(&self, args: &[&str], backlog: i32) -> Server {
+        use nix::sys::socket::{
+            AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, socket,
+        };
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
+        listen(&fd, Backlog::new(backlog).unwrap()).unwrap();
+        self.serve_on(&TcpListener::from(fd), args, &[])
+    }
+
     /// [`Fixture::serve`], kept from its idle exit by a guard connection until
     /// the test lets go of it (see [`Served`]). For every server started with a
     /// short `--idle-timeout` that is sent more than one request, or that the
