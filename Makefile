@@ -68,7 +68,7 @@ put = echo "install: $(1) $(2)" && tmp=$$(mktemp "$(dir $(2)).$(notdir $(2)).XXX
 # umask; never change an existing one (Debian's /etc/sudoers.d is 0750).
 mkd = [ -d "$(2)" ] || { echo "install: $(1) $(2)/" && (umask 022 && mkdir -p "$(2)") && chmod $(1) "$(2)"; }
 
-.PHONY: all build test run install uninstall check-units clean deb fuzz bench bench-systemd
+.PHONY: all build test attack run install uninstall check-units clean deb fuzz bench bench-systemd
 .DELETE_ON_ERROR:
 
 all: build
@@ -82,6 +82,13 @@ $(BIN):
 
 test:
 	$(CARGO) test --release --locked
+
+# `make attack`: only the attack tests of issue 9 (tests/attack.rs, also part
+# of `make test`), printing what they measure: memory, connections held,
+# latencies of valid requests. Under a minute; needs slowloris and
+# slowhttptest (.ci/run installs them) and root for the Accept=yes system test.
+attack:
+	$(CARGO) test --release --locked --test attack -- --nocapture
 
 run: build
 	@mkdir -p target/run
