@@ -42,8 +42,8 @@ use support::net::{connect_from, loopback};
 /// The github hook's secret (GitHub's documented example).
 const GH_SECRET: &str = "It's a Secret to Everybody";
 const MIB: u64 = 1024 * 1024;
-/// sockhook's default `--preauth-budget` (limits.rs), which the memory test
-/// runs with: the test is of the shipped default.
+/// The memory test's `--preauth-budget`: sockhook's default (limits.rs),
+/// given explicitly so that the test's arithmetic holds if the default moves.
 const BUDGET: u64 = 64 * MIB;
 /// GitHub's own cap on a delivery, and a hook's default `max_body`.
 const BODY_25_MIB: u64 = 25 * MIB;
@@ -494,7 +494,7 @@ fn assert_refused_at_once(wave: &str, conns: &[(TcpStream, Instant)], seen: &[Se
 }
 
 /// 64 clients, from 64 addresses, each send the head of a 25 MiB GitHub
-/// delivery with a wrong signature: those the default 64 MiB budget has room
+/// delivery with a wrong signature: those the 64 MiB budget (the default) has room
 /// for send all but the last byte and hold it; every other one is answered
 /// `503` with `Retry-After` within a second of its head, having sent no body
 /// byte, and so are 62 more from new addresses while the budget is held. The
@@ -507,7 +507,8 @@ fn assert_refused_at_once(wave: &str, conns: &[(TcpStream, Instant)], seen: &[Se
 fn memory_64_fake_signed_25_mib_bodies_stay_within_the_budget() {
     let _serial = one_at_a_time();
     let f = github_fixture("attack-memory");
-    let server = f.serve(&["--idle-timeout", "600"]);
+    let budget = BUDGET.to_string();
+    let server = f.serve(&["--idle-timeout", "600", "--preauth-budget", &budget]);
     let sampler = Sampler::start(server.pid(), Duration::from_millis(5));
     let addr = server.addr;
 
