@@ -924,6 +924,52 @@ fn slots_2000_slow_heads_and_300_slow_bodies_leave_valid_requests_under_1s() {
     assert!(status.success(), "{status:?}\n{}", tail(&log));
 }
 
+/// sockhook started with a soft limit of 1024 open files (what systemd gives
+/// a unit without `LimitNOFILE=`, and what a login shell has; the hard limit
+/// is higher) under 1,500 slow heads from 15 addresses
+/// (`--max-connections-per-source 128`): it raises its own soft limit as far
+/// as its `--max-connections` needs, so it holds them all, and 10 valid
+/// deliveries get 204 within 1 s. Regression: without that, the 1,500
+/// connections took every file descriptor, accepting paused, and valid
+/// deliveries got 500 (no fd for the body's memfd) or waited ~4 s for a head
+/// deadline to free one (measured: 7 × 500, 3 × 204 at 4.2 s).
+#[test]
+fn a_soft_limit_of_1024_open_files_does_not_cap_connections() {
+    const SOURCES: u8 = 15;
+    const PER_SOURCE: usize = 100;
+    let _serial = one_at_a_time();
+    let total = SOURCES as usize * PER_SOURCE;
+    raise_nofile(4 * total as u64 + 1024);
+    let f = github_fixture("attack-nofile");
+    let server = f.serve_with_open_files(
+        &[
+            "--idle-timeout",
+            "600",
+            "--max-connections-per-source",
+            "128",
+        ],
+        BACKLOG,
+        1024,
+    );
+    let sampler = Sampler::start(server.pid(), Duration::from_millis(100));
+    let groups: Vec<_> = (0..SOURCES)
+        .map(|i| (Slow::Head, loopback(2 + i), PER_SOURCE))
+        .collect();
+    let attack = Attack::start(server.addr, "/hooks/gh", &groups, true);
+    sampler.wait(
+        "sockhook to hold every attacking connection",
+        &server,
+        |u| u.sockets > total,
+    );
+    let (statuses, latencies, _) = probes(server.addr, 10, Duration::from_millis(100), &sampler);
+    attack.finish();
+    sampler.finish();
+    assert_probes("soft limit 1024", &statuses, &latencies, &server);
+    let (status, log) = server.stop();
+    assert!(status.success(), "{status:?}\n{}", tail(&log));
+    assert!(!log.contains("unable to accept"), "{}", tail(&log));
+}
+
 /// 40 connections from 127.0.0.2, each a head that never ends: the default
 /// cap (32 per source) holds 32 of them, the other 8 are answered `503` with
 /// `Retry-After` at once; a valid delivery from 127.0.0.1 meanwhile gets 204;
