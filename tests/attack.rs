@@ -1364,8 +1364,9 @@ fn accept_yes_socket_under_slow_heads_from_many_sources_answers_another_source()
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!(
-        "Accept=yes: attackers' connections ended as {outcomes}; held at once: {held:?}; \
+        "Accept=yes: attackers' connections ended as {outcomes}; held at once: {}; \
          probe latencies in order (ms): {:?}",
+        held.map_or("?".into(), |n| n.to_string()),
         latencies.iter().map(|l| l.as_millis()).collect::<Vec<_>>()
     );
     latencies.sort();
