@@ -243,7 +243,8 @@ deb:
 # adnanh/webhook, on loopback; installs webhook, netcat-openbsd, curl,
 # python3-matplotlib, gcc and libssl-dev when missing. Writes
 # bench/results/latest.{md,json,png}. BENCH_ARGS=--quick: a smoke run of
-# about 70 s on 2 cores.
+# about 70 s on 2 cores. Then the attack cases (bench-attack, below), --quick
+# with it.
 BENCH_ARGS ?=
 
 bench: build
