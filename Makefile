@@ -68,7 +68,7 @@ put = echo "install: $(1) $(2)" && tmp=$$(mktemp "$(dir $(2)).$(notdir $(2)).XXX
 # umask; never change an existing one (Debian's /etc/sudoers.d is 0750).
 mkd = [ -d "$(2)" ] || { echo "install: $(1) $(2)/" && (umask 022 && mkdir -p "$(2)") && chmod $(1) "$(2)"; }
 
-.PHONY: all build test run install uninstall check-units clean deb fuzz bench bench-systemd
+.PHONY: all build test attack run install uninstall check-units clean deb fuzz bench bench-attack bench-systemd
 .DELETE_ON_ERROR:
 
 all: build
@@ -82,6 +82,13 @@ $(BIN):
 
 test:
 	$(CARGO) test --release --locked
+
+# `make attack`: only the attack tests of issue 9 (tests/attack.rs, also part
+# of `make test`), printing what they measure: memory, connections held,
+# latencies of valid requests. Under a minute; needs slowloris and
+# slowhttptest (.ci/run installs them) and root for the Accept=yes system test.
+attack:
+	$(CARGO) test --release --locked --test attack -- --nocapture
 
 run: build
 	@mkdir -p target/run
@@ -238,11 +245,25 @@ deb:
 # webhook -secure; installs webhook, netcat-openbsd, curl, openssl,
 # python3-matplotlib, gcc and libssl-dev when missing. Writes
 # bench/results/latest.{md,json,png}. BENCH_ARGS=--quick: a smoke run of
-# about 100 s on 2 cores.
+# about 100 s on 2 cores. Then the attack cases (bench-attack, below), --quick
+# with it.
 BENCH_ARGS ?=
 
 bench: build
 	bench/run --sockhook $(BIN) $(BENCH_ARGS)
+	bench/run --attack --sockhook $(BIN) $(if $(filter --quick,$(BENCH_ARGS)),--quick)
+
+# `make bench-attack`: only the attack cases of issue 9 (bench/attack.py;
+# also run by `make bench`): 64 fake-signed 25 MiB bodies held, and 2,000 slow
+# heads + 300 slow bodies with valid deliveries timed meanwhile, against
+# sockhook (shipped limits, and 128 per source) and adnanh/webhook, memory
+# counted as RSS + memfds. Writes bench/results/attack.{md,json}; a few
+# minutes. BENCH_ATTACK_ARGS=--quick: smaller, under a minute;
+# --before PATH adds another sockhook binary (e.g. an older commit's).
+BENCH_ATTACK_ARGS ?=
+
+bench-attack: build
+	bench/run --attack --sockhook $(BIN) $(BENCH_ATTACK_ARGS)
 
 # `make bench-systemd` (root): the first request after idle under a real
 # systemd, in the system-test sandbox: the shipped units, the floor with the

@@ -69,6 +69,42 @@ pub struct Options {
     pub journal_max_bytes: u64,
 }
 
+/// Open files one connection may take: its socket and its body's memfd.
+const FILES_PER_CONNECTION: u64 = 2;
+/// Open files besides the connections': listeners, epoll, signalfd, pipes,
+/// what runs and reloads hold.
+const FILES_RESERVED: u64 = 256;
+
+/// Raises the soft limit on open files to what `--max-connections` needs,
+/// as far as the hard limit allows. systemd gives a unit without
+/// `LimitNOFILE=` a soft limit of 1024 (and a hard one of 524288), and a
+/// login shell has 1024 too: there, 1,000 idle connections took every file
+/// descriptor, accepting paused and valid requests got 500 (no memfd for
+/// their body) or waited for a head deadline. Commands inherit the raised
+/// soft limit, as they inherit `LimitNOFILE=`.
+fn raise_open_files_limit(limits: &Limits) {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let want = (limits.max_connections as u64)
+        .saturating_mul(FILES_PER_CONNECTION)
+        .saturating_add(FILES_RESERVED);
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if soft >= want {
+        return;
+    }
+    let raised = want.min(hard);
+    if raised > soft && setrlimit(Resource::RLIMIT_NOFILE, raised, hard).is_err() {
+        return;
+    }
+    if raised < want {
+        crate::warning!(
+            "open files limited to {raised} (hard limit): fewer than --max-connections {} connections fit; raise LimitNOFILE= or ulimit -Hn",
+            limits.max_connections
+        );
+    }
+}
+
 /// Serves until idle, or until SIGTERM/SIGINT; returns the exit code.
 pub fn serve(options: &Options) -> Result<u8, Error> {
     // Type=notify: a service that exits before READY=1 fails with Result=protocol.
@@ -121,6 +157,9 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
             Socket::Listeners(endpoints)
         }
     };
+    if let Socket::Listeners(_) = &socket {
+        raise_open_files_limit(&options.limits);
+    }
     let signals = stop_signals()?;
     let credentials = std::env::var_os(CREDENTIALS_DIRECTORY).map(PathBuf::from);
     let key_path = config::key_path(options.key.as_deref(), credentials.as_deref());

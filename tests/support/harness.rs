@@ -173,6 +173,23 @@ impl Fixture {
     }
 }
 
+/// A socket on 127.0.0.1 listening with `backlog`.
+fn listener_with_backlog(backlog: i32) -> TcpListener {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, SockaddrIn, bind, listen, socket,
+    };
+    let fd = socket(
+        AddressFamily::Inet,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .unwrap();
+    bind(fd.as_raw_fd(), &SockaddrIn::new(127, 0, 0, 1, 0)).unwrap();
+    listen(&fd, Backlog::new(backlog).unwrap()).unwrap();
+    TcpListener::from(fd)
+}
+
 /// Spawns `command` with `fd` moved to fd 3; stdio stays as the caller set it.
 pub fn spawn_with_fd3(mut command: Command, fd: RawFd) -> Child {
     // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
@@ -498,6 +515,41 @@ impl Fixture {
     pub fn serve_with_env(&self, args: &[&str], env: &[(&str, &str)]) -> Server {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         self.serve_on(&listener, args, env)
+    }
+
+    /// [`Fixture::serve`] on a socket listening with `backlog` (the units'
+    /// `Backlog=`) rather than std's 128: for tests that open connections
+    /// faster than one `accept` turn takes them.
+    pub fn serve_with_backlog(&self, args: &[&str], backlog: i32) -> Server {
+        self.serve_on(&listener_with_backlog(backlog), args, &[])
+    }
+
+    /// [`Fixture::serve_with_backlog`], with sockhook's soft limit on open
+    /// files set to `open_files` (the hard limit stays): as systemd starts a
+    /// unit without `LimitNOFILE=` (1024), or a shell with `ulimit -Sn`.
+    pub fn serve_with_open_files(&self, args: &[&str], backlog: i32, open_files: u64) -> Server {
+        let listener = listener_with_backlog(backlog);
+        let mut command = piped(self.activation(args));
+        // SAFETY: only async-signal-safe calls (getrlimit, setrlimit) between
+        // fork and exec, on a struct on this closure's stack.
+        unsafe {
+            command.pre_exec(move || {
+                let mut limit = nix::libc::rlimit {
+                    rlim_cur: 0,
+                    rlim_max: 0,
+                };
+                if nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                limit.rlim_cur = open_files.min(limit.rlim_max);
+                if nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = spawn_with_fd3(command, listener.as_raw_fd());
+        Server::new(child, listener.local_addr().unwrap())
     }
 
     /// [`Fixture::serve`], kept from its idle exit by a guard connection until
