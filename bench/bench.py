@@ -69,7 +69,14 @@ ADNANH_WEBHOOK = "adnanh/webhook"
 COLD_TLS = "sockhook cold https"
 WARM_TLS = "sockhook warm https"
 WEBHOOK_TLS = "webhook https"
-RESPONDERS = (COLD, WARM, FLOOR_COLD, FLOOR_WARM, NETCAT_RECIPE, ADNANH_WEBHOOK, COLD_TLS, WARM_TLS, WEBHOOK_TLS)
+# the delivery journal (issue 15): every accepted delivery synced to disk before its 204; the
+# state directory on this machine's disk (ext4 under /tmp here) and on tmpfs (/dev/shm)
+COLD_JOURNAL = "sockhook cold journal"
+WARM_JOURNAL = "sockhook warm journal"
+WARM_JOURNAL_TMPFS = "sockhook warm journal tmpfs"
+JOURNALED = (COLD_JOURNAL, WARM_JOURNAL, WARM_JOURNAL_TMPFS)
+RESPONDERS = (COLD, WARM, FLOOR_COLD, FLOOR_WARM, NETCAT_RECIPE, ADNANH_WEBHOOK, COLD_TLS, WARM_TLS, WEBHOOK_TLS,
+              COLD_JOURNAL, WARM_JOURNAL, WARM_JOURNAL_TMPFS)
 SOCKHOOKS = (COLD, WARM)
 SOCKHOOKS_TLS = (COLD_TLS, WARM_TLS)
 FLOORS = (FLOOR_COLD, FLOOR_WARM)
@@ -79,7 +86,9 @@ RATIOS = (("cold ÷ floor", COLD, FLOOR_COLD), ("warm ÷ floor", WARM, FLOOR_WAR
           ("warm ÷ webhook", WARM, ADNANH_WEBHOOK), ("cold ÷ webhook", COLD, ADNANH_WEBHOOK),
           ("cold ÷ netcat", COLD, NETCAT_RECIPE),
           ("warm https ÷ webhook https", WARM_TLS, WEBHOOK_TLS), ("cold https ÷ webhook https", COLD_TLS, WEBHOOK_TLS),
-          ("warm https ÷ warm", WARM_TLS, WARM))
+          ("warm https ÷ warm", WARM_TLS, WARM),
+          ("warm journal ÷ warm", WARM_JOURNAL, WARM), ("warm journal tmpfs ÷ warm", WARM_JOURNAL_TMPFS, WARM),
+          ("cold journal ÷ cold", COLD_JOURNAL, COLD))
 # what each responder's latency is divided by in the chart's "÷ floor" panels: the floor
 # started the same way (one process per request, or one process for the case)
 FLOOR_OF = {COLD: FLOOR_COLD, WARM: FLOOR_WARM, NETCAT_RECIPE: FLOOR_COLD, ADNANH_WEBHOOK: FLOOR_WARM}
@@ -1227,6 +1236,18 @@ def markdown_report(report: dict) -> str:
     return "\n".join(out)
 
 
+def filesystem_of(path: str) -> str:
+    """The type of the file system that holds path, from /proc/self/mounts (longest mount point)."""
+    best = ("", "?")
+    with open("/proc/self/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            point, kind = fields[1], fields[2]
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) > len(best[0]):
+                best = (point, kind)
+    return best[1]
+
+
 def checks_against_the_goals(report: dict) -> list[tuple[str, str, str, bool]]:
     """Issue 17's goals, and issue 5's bar where it still applies, criterion by criterion:
     (issue, criterion, what was measured, met). Ratios are of medians from this one run."""
@@ -1307,6 +1328,21 @@ def checks_against_the_goals(report: dict) -> list[tuple[str, str, str, bool]]:
         if worst:
             checks.append(("5", "cold median latency ≤ 2× adnanh/webhook's warm, 0–64 KiB",
                            f"worst cold ÷ webhook {worst[0]:.2f}× ({worst[1]})", worst[0] <= 2))
+    if COLD_JOURNAL in present and FLOOR_COLD in present:
+        worst = worst_ratio(COLD_JOURNAL, FLOOR_COLD, [c for c in sized if info[c]["body_size"] == 0])
+        if worst:
+            checks.append(("17", "cold, 0 B, with the journal: median ≤ 1.25× the floor's started the same way",
+                           f"worst {worst[0]:.2f}× ({worst[1]})", worst[0] <= 1.25))
+    for c in [c for c in report["cases"] if info[c]["concurrency"] > 1]:
+        peer = results.get(ADNANH_WEBHOOK, {}).get(c)
+        for r in (WARM_JOURNAL, WARM_JOURNAL_TMPFS):
+            res = results.get(r, {}).get(c)
+            if res and peer:
+                ok = res["answered"] == res["requests"] and res["throughput_per_s"] >= peer["throughput_per_s"]
+                checks.append(("15", f"{c}: with the journal, every request answered, throughput ≥ adnanh/webhook's "
+                                     f"({r})",
+                               f"{res['answered']}/{res['requests']}, {res['throughput_per_s']} req/s, "
+                               f"{res['throughput_per_s'] / peer['throughput_per_s']:.2f}× webhook's", ok))
     if WEBHOOK_TLS in present and WARM_TLS in present:
         worst = worst_ratio(WARM_TLS, WEBHOOK_TLS, sized)
         if worst:
@@ -1324,10 +1360,13 @@ def checks_against_the_goals(report: dict) -> list[tuple[str, str, str, bool]]:
 
 COLOURS = {COLD: "#1b7837", WARM: "#7fbf7b", FLOOR_COLD: "#252525", FLOOR_WARM: "#8c8c8c",
            NETCAT_RECIPE: "#e08214", ADNANH_WEBHOOK: "#2166ac",
-           COLD_TLS: "#762a83", WARM_TLS: "#c2a5cf", WEBHOOK_TLS: "#67a9cf"}
+           COLD_TLS: "#762a83", WARM_TLS: "#c2a5cf", WEBHOOK_TLS: "#67a9cf",
+           COLD_JOURNAL: "#8c510a", WARM_JOURNAL: "#d8b365", WARM_JOURNAL_TMPFS: "#f6e8c3"}
 MARKERS = {COLD: "o", WARM: "s", FLOOR_COLD: "v", FLOOR_WARM: "P", NETCAT_RECIPE: "^", ADNANH_WEBHOOK: "D",
-           COLD_TLS: "o", WARM_TLS: "s", WEBHOOK_TLS: "D"}
-LINESTYLES = {FLOOR_COLD: "--", FLOOR_WARM: "--", COLD_TLS: ":", WARM_TLS: ":", WEBHOOK_TLS: ":"}
+           COLD_TLS: "o", WARM_TLS: "s", WEBHOOK_TLS: "D", COLD_JOURNAL: "o", WARM_JOURNAL: "s",
+           WARM_JOURNAL_TMPFS: "x"}
+LINESTYLES = {FLOOR_COLD: "--", FLOOR_WARM: "--", COLD_TLS: ":", WARM_TLS: ":", WEBHOOK_TLS: ":",
+              COLD_JOURNAL: "-.", WARM_JOURNAL: "-.", WARM_JOURNAL_TMPFS: "-."}
 
 
 def tick_label(responder: str) -> str:
@@ -1645,7 +1684,7 @@ def main(argv) -> int:
                      "LISTEN_FDNAMES=https, webhook with -secure -cert -key. The raw client, like a phone app, keeps "
                      "Nagle's algorithm on: where its last TLS record waits for the server's delayed ACK it pays "
                      "about 40 ms, with either server (curl sets TCP_NODELAY and never does).")
-    if {COLD, WARM, COLD_TLS, WARM_TLS} & set(wanted):
+    if {COLD, WARM, COLD_TLS, WARM_TLS, *JOURNALED} & set(wanted):
         if os.access(args.sockhook, os.X_OK):
             check = subprocess.run([args.sockhook, "check", "--hooks", hooks_dir, "--key", key_file],
                                    capture_output=True, text=True, timeout=30)
@@ -1654,7 +1693,7 @@ def main(argv) -> int:
             report["versions"]["sockhook"] = sockhook_version(args.sockhook)
             size = os.path.getsize(args.sockhook)
             report["sockhook_binary_bytes"] = size
-            for r in (COLD, WARM, COLD_TLS, WARM_TLS):
+            for r in (COLD, WARM, COLD_TLS, WARM_TLS, *JOURNALED):
                 report["binary_sizes"][r] = f"{size / 1024:.0f} KiB"
             overhead = measure_activation_overhead(workdir)
             report["activation_overhead"] = overhead
@@ -1663,7 +1702,7 @@ def main(argv) -> int:
                 f"LISTEN_PID) costs {overhead['wall_ms_median']:.2f} ms and {overhead['cpu_ms_median']:.2f} ms CPU per "
                 "activation (median, /bin/true in sockhook's place); cold figures include it, as they would include "
                 "systemd's own fork and exec.")
-            if {COLD, COLD_TLS} & set(wanted):
+            if {COLD, COLD_TLS, COLD_JOURNAL} & set(wanted):
                 cold_idle = choose_cold_idle_timeout(args.sockhook, hooks_dir, key_file, workdir)
                 notes.append(f"sockhook cold runs with --idle-timeout {cold_idle}, warm with {WARM_IDLE_TIMEOUT}.")
             sockhook_argv = [args.sockhook, "serve", "--hooks", hooks_dir, "--key", key_file, "--idle-timeout"]
@@ -1673,6 +1712,22 @@ def main(argv) -> int:
             if WARM in wanted:
                 responders.append(Activated(WARM, sockhook_argv, WARM_IDLE_TIMEOUT, False,
                                             os.path.join(workdir, "sockhook-warm.log"), sampler))
+            # The journal: a state directory per responder, on disk (under the workdir) or tmpfs.
+            journal_dirs = {COLD_JOURNAL: os.path.join(workdir, "state-cold"),
+                            WARM_JOURNAL: os.path.join(workdir, "state-warm"),
+                            WARM_JOURNAL_TMPFS: tempfile.mkdtemp(prefix="sockhook-bench-state-", dir="/dev/shm")
+                            if os.path.isdir("/dev/shm") else os.path.join(workdir, "state-shm")}
+            report["journal_dirs"] = journal_dirs
+            if set(JOURNALED) & set(wanted):
+                notes.append("sockhook … journal: with --state DIR, each accepted delivery is written to DIR, "
+                             "fdatasync'ed and renamed into place, and DIR fsync'ed, before its 204 (issue 15); "
+                             f"DIR is on this machine's disk ({filesystem_of(workdir)}) for cold and warm journal, "
+                             f"on {filesystem_of(journal_dirs[WARM_JOURNAL_TMPFS])} for warm journal tmpfs.")
+            for r, cold in ((COLD_JOURNAL, True), (WARM_JOURNAL, False), (WARM_JOURNAL_TMPFS, False)):
+                if r in wanted:
+                    argv = sockhook_argv[:-1] + ["--state", journal_dirs[r], "--idle-timeout"]
+                    responders.append(Activated(r, argv, cold_idle if cold else WARM_IDLE_TIMEOUT, cold,
+                                                os.path.join(workdir, f"{r.replace(' ', '-')}.log"), sampler))
             if tls_files:
                 cert, key = tls_files
                 tls_argv = sockhook_argv[:-1] + ["--tls-cert", cert, "--tls-key", key, "--idle-timeout"]
@@ -1750,6 +1805,9 @@ def main(argv) -> int:
             log(f"work directory kept: {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+        for state in report.get("journal_dirs", {}).values():
+            if not state.startswith(workdir) and not args.keep_workdir:
+                shutil.rmtree(state, ignore_errors=True)
 
     report["elapsed_s"] = time.monotonic() - begun
     write_report(report, args.out)

@@ -613,3 +613,99 @@ print(r.status_code, lines)
         "201 'kodi restarted\\n' exited\n200 [b'one', b'two']\n"
     );
 }
+
+/// A phone button as the HTTP Shortcuts app makes the request: OkHttp, a
+/// POST with the token as Bearer; prints the status, the run, and the body
+/// (what the app shows in its dialog), then each streamed line as it comes.
+const OKHTTP_BUTTON: &str = r#"
+import okhttp3.*;
+import java.io.BufferedReader;
+
+public class Button {
+    public static void main(String[] a) throws Exception {
+        OkHttpClient client = new OkHttpClient();
+        Request request = new Request.Builder().url(a[0])
+            .header("Authorization", "Bearer " + a[1])
+            .post(RequestBody.create(MediaType.parse("text/plain"), "pressed"))
+            .build();
+        try (Response response = client.newCall(request).execute()) {
+            System.out.println("status " + response.code());
+            System.out.println("run " + response.header("X-Sockhook-Run"));
+            if (a.length > 2) {
+                BufferedReader lines = new BufferedReader(response.body().charStream());
+                for (String line; (line = lines.readLine()) != null; ) {
+                    System.out.println("line " + line);
+                }
+            } else {
+                System.out.print("body " + response.body().string());
+            }
+        }
+    }
+}
+"#;
+
+/// OkHttp (the HTTP Shortcuts app's client) sees the button's result: 200
+/// and the command's words, or the failure and systemctl's message, and a
+/// streamed deploy line by line.
+#[test]
+fn okhttp_sees_the_result_the_failure_and_the_stream() {
+    let Some(classpath) = support::java::okhttp_class("Button", OKHTTP_BUTTON) else {
+        return;
+    };
+    let f = Fixture::new("after-run-okhttp");
+    let ok = f.script("ok.sh", "echo 'kodi restarted'");
+    let token_ok = f.token("/hooks/ok");
+    hook(&f, "ok", &ok, "respond = \"after-run\"\n");
+    let fail = f.script(
+        "fail.sh",
+        "echo 'Failed to restart kodi.service: Unit kodi.service not found.' >&2; exit 5",
+    );
+    let token_fail = f.token("/hooks/fail");
+    hook(
+        &f,
+        "fail",
+        &fail,
+        "respond = \"after-run\"\ninclude_stderr = true\n",
+    );
+    let deploy = f.script(
+        "deploy.sh",
+        "echo 'pulling'; echo 'restarting'; echo 'done'",
+    );
+    let token_deploy = f.token("/hooks/deploy");
+    hook(&f, "deploy", &deploy, "respond = \"stream\"\n");
+    let server = f.serve_guarded(&[]);
+    let button = |name: &str, token: &str, stream: bool| {
+        let url = format!("http://{}/hooks/{name}", server.addr);
+        let mut args = vec!["-cp", &classpath, "Button", &url, token];
+        if stream {
+            args.push("stream");
+        }
+        let out = output_within(
+            Command::new("java")
+                .args(&args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+            PATIENCE,
+        );
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let shown = button("ok", &token_ok, false);
+    assert!(shown.starts_with("status 200\nrun run "), "{shown}");
+    assert!(shown.ends_with("body kodi restarted\n"), "{shown}");
+    let shown = button("fail", &token_fail, false);
+    assert!(shown.starts_with("status 502\nrun run "), "{shown}");
+    assert!(shown.contains(" exited 5 after "), "{shown}");
+    assert!(
+        shown.ends_with("body Failed to restart kodi.service: Unit kodi.service not found.\n"),
+        "{shown}"
+    );
+    let shown = button("deploy", &token_deploy, true);
+    assert!(shown.starts_with("status 200\nrun run "), "{shown}");
+    assert!(
+        shown.ends_with("line pulling\nline restarting\nline done\n"),
+        "{shown}"
+    );
+}

@@ -17,9 +17,9 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -400,9 +400,6 @@ fn python_has_requests() -> bool {
             .is_ok_and(|o| o.status.success())
 }
 
-/// The jars of Debian's libokhttp-java (OkHttp 3.13 and okio).
-const OKHTTP_JARS: &[&str] = &["/usr/share/java/okhttp.jar", "/usr/share/java/okio.jar"];
-
 /// A client as the HTTP Shortcuts app makes it: OkHttp, trusting the test CA
 /// only, `localhost` resolved to 127.0.0.1. Prints `status CODE PROTOCOL
 /// TLSVERSION`, or `refused EXCEPTION` and exits 3.
@@ -451,46 +448,15 @@ public class OkClient {
 
 /// OkClient compiled once per test run; `None` if javac, java or the jars
 /// are missing (and not CI).
-fn okhttp_client() -> Option<&'static (PathBuf, String)> {
-    static CLIENT: OnceLock<Option<(PathBuf, String)>> = OnceLock::new();
-    let jars_present = OKHTTP_JARS.iter().all(|j| Path::new(j).exists());
-    if !need(&[
-        ("javac", have("javac")),
-        ("java", have("java")),
-        ("libokhttp-java (okhttp.jar, okio.jar)", jars_present),
-    ]) {
-        return None;
-    }
-    CLIENT
-        .get_or_init(|| {
-            let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-                .join(format!("okhttp-{}", std::process::id()));
-            fs::create_dir_all(&dir).unwrap();
-            fs::write(dir.join("OkClient.java"), OKHTTP_CLIENT).unwrap();
-            let jars = OKHTTP_JARS.join(":");
-            let out = run(
-                "javac",
-                &[
-                    "-cp",
-                    &jars,
-                    "-d",
-                    dir.to_str().unwrap(),
-                    dir.join("OkClient.java").to_str().unwrap(),
-                ],
-                b"",
-            );
-            assert!(out.status.success(), "javac: {}", text(&out));
-            let classpath = format!("{}:{jars}", dir.display());
-            Some((dir, classpath))
-        })
-        .as_ref()
+fn okhttp_client() -> Option<String> {
+    support::java::okhttp_class("OkClient", OKHTTP_CLIENT)
 }
 
 /// OkHttp (the HTTP Shortcuts app's client) gets 204 over TLS with
 /// http/1.1, and the command runs.
 #[test]
 fn okhttp_gets_204_and_the_command_runs() {
-    let Some((_, classpath)) = okhttp_client() else {
+    let Some(classpath) = okhttp_client() else {
         return;
     };
     let Some(case) = Case::start("tls-okhttp", &[]) else {
@@ -501,7 +467,7 @@ fn okhttp_gets_204_and_the_command_runs() {
         "java",
         &[
             "-cp",
-            classpath,
+            &classpath,
             "OkClient",
             &case.url(),
             ca,
@@ -600,11 +566,11 @@ except ssl.SSLCertVerificationError as e:
         need(&[("python3 with requests", false)]);
     }
 
-    if let Some((_, classpath)) = okhttp_client() {
+    if let Some(classpath) = okhttp_client() {
         let ca = case.pki.ca.to_str().unwrap();
         let out = run(
             "java",
-            &["-cp", classpath, "OkClient", &url, ca, &case.token, BODY],
+            &["-cp", &classpath, "OkClient", &url, ca, &case.token, BODY],
             b"",
         );
         let said = text(&out);

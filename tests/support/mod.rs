@@ -1,6 +1,7 @@
 #![allow(dead_code)]
 
 pub mod harness;
+pub mod java;
 pub mod net;
 pub mod pki;
 pub mod sandbox;
