@@ -1,17 +1,22 @@
 //! sockhook: a socket-activated webhook responder for systemd hosts.
 //!
-//! A request's life, one module per stage: [`listen`] (adopt the socket) →
-//! [`read`] (bounded head, then the body spooled to a sealed memory file) →
-//! [`route`] (path to hook) → [`verify`] (token or signature, over the
-//! [`scheme`]s) → [`filter`] (events, content type, `[match]`) → [`respond`]
-//! (answer, half-close, drain) → [`act`] (run the command, one at a time per
-//! hook, each in its [`cgroup`]). [`request`] takes one request through them
-//! top to bottom; [`serve`] is the process around it, accepting until
-//! [`idle`] says to exit. [`config`] loads the hook files, [`replay`] keeps
-//! the delivery ids already seen, [`log`] writes the journal's lines, and
-//! [`error`] holds the two error types. `check`, `token` and `sign` are in
-//! [`check`] (with [`service`], the installed unit and its user, for
-//! judging files as the service meets them) and [`tools`], the command line
+//! A request's life, one module per stage: [`listen`] (adopt the sockets;
+//! [`tls`] for the ones named `https`) → [`read`] (bounded head, then the
+//! body spooled to a sealed memory file) → [`route`] (path to hook) →
+//! [`verify`] (token or signature, over the [`scheme`]s) → [`filter`]
+//! (events, content type, `[match]`) → [`journal`] (the accepted delivery on
+//! disk before its answer) → [`respond`] (answer, half-close, drain) →
+//! [`act`] (run the command, one at a time per hook, each in its
+//! [`cgroup`]). [`request`] takes one request through them top to bottom;
+//! [`reactor`] is the event loop that owns every connection, with
+//! [`limits`] (connections and unauthenticated bytes per source) and
+//! [`proxy`] (who the client is behind a trusted proxy); [`serve`] is the
+//! process around it, accepting until [`idle`] says to exit. [`config`]
+//! loads the hook files, [`replay`] keeps the delivery ids already seen,
+//! [`log`] writes the log's lines, and [`error`] holds the two error types.
+//! `check`, `token`, `sign`, `deliveries` and `replay` are in [`check`]
+//! (with [`service`], the installed unit and its user, for judging files as
+//! the service meets them), [`tools`] and [`deliveries`]; the command line
 //! in [`cli`].
 
 #![deny(missing_docs)]

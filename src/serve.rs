@@ -251,7 +251,7 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
 fn open_journal(options: &Options) -> Option<Journal> {
     let Some(state) = Journal::state_dir(options.state.as_deref()) else {
         info!(
-            "no delivery journal: no StateDirectory= and no --state; a 204 promises a run by this process only"
+            "no delivery journal: no StateDirectory= and no --state; accepted deliveries are not kept on disk"
         );
         return None;
     };
