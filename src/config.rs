@@ -346,7 +346,7 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
     )?;
     check_command(&command)?;
     let scheme = file.auth.ok_or(
-        "auth: missing; choose token, github, gitea, forgejo, gitlab, bitbucket, standard-webhooks or none (see sockhook.toml(5))",
+        "auth: missing; choose token, github, gitea, forgejo, gitlab, bitbucket, standard-webhooks, stripe, slack, shopify, linear, sentry, discord or none (see sockhook.toml(5))",
     )?;
     let secret = match (scheme.needs_secret(), file.secret) {
         (true, None) => {
