@@ -30,9 +30,10 @@ pub fn check(hooks_dir: &Path, key: Option<&Path>) -> u8 {
     for (name, hook) in hooks.iter() {
         if let Ok(hook) = hook {
             println!(
-                "{}{name}: ok: auth {}, {} runs {}",
+                "{}{name}: ok: auth {}{}, {} runs {}",
                 config::HOOKS_PREFIX,
                 hook.scheme.name(),
+                secrets_note(hook),
                 hook.methods.join("/"),
                 hook.command[0]
             );
@@ -57,5 +58,14 @@ pub fn check(hooks_dir: &Path, key: Option<&Path>) -> u8 {
         EXIT_OK
     } else {
         EXIT_FAILED
+    }
+}
+
+/// How many secrets a hook checks with, never what they are: `" (2 secrets)"`
+/// while one is being rotated, nothing for one or none.
+fn secrets_note(hook: &config::Hook) -> String {
+    match hook.secrets.len() {
+        0 | 1 => String::new(),
+        n => format!(" ({n} secrets)"),
     }
 }

@@ -60,9 +60,10 @@ pub struct Hook {
     pub command: Vec<String>,
     /// How senders are authenticated.
     pub scheme: Scheme,
-    /// The shared secret of signature schemes.
-    /// INVARIANT: `Some` exactly when `scheme.needs_secret()`.
-    pub secret: Option<Secret>,
+    /// The shared secrets (or public keys) of signature schemes; any one
+    /// verifies, so that a sender's secret can be rotated.
+    /// INVARIANT: 1..=MAX_SECRETS of them exactly when `scheme.needs_secret()`, else none.
+    pub secrets: Vec<Secret>,
     /// Methods accepted, e.g. `["POST"]`.
     pub methods: Vec<String>,
     /// Which authenticated requests run the command (`events`, `[match]`).
@@ -137,7 +138,7 @@ pub const HOOK_KEYS: [&str; 15] = [
 struct HookFile {
     command: Option<Vec<String>>,
     auth: Option<Scheme>,
-    secret: Option<String>,
+    secret: Option<SecretSpec>,
     methods: Option<Vec<String>>,
     events: Option<Vec<String>>,
     timeout: Option<u64>,
@@ -151,6 +152,26 @@ struct HookFile {
     allow_unauthenticated: Option<bool>,
     #[serde(rename = "match")]
     filter: Option<toml::Table>,
+}
+
+/// Most secrets one hook may list: each is one more HMAC of every body.
+pub const MAX_SECRETS: usize = 8;
+
+/// `secret = "NAME"` or, while a sender's secret is rotated, `secret = ["NEW", "OLD"]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SecretSpec {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl SecretSpec {
+    fn specs(&self) -> &[String] {
+        match self {
+            SecretSpec::One(one) => std::slice::from_ref(one),
+            SecretSpec::Many(many) => many,
+        }
+    }
 }
 
 /// A problem found while loading, tied to the file it is in.
@@ -334,6 +355,7 @@ fn load_hook(
     files.extend(
         file.secret
             .iter()
+            .flat_map(SecretSpec::specs)
             .filter_map(|spec| secret_path(spec, credentials).ok()),
     );
     (build(file, name, credentials).map_err(problem), files)
@@ -348,7 +370,7 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
     let scheme = file.auth.ok_or(
         "auth: missing; choose token, github, gitea, forgejo, gitlab, bitbucket, standard-webhooks, stripe, slack, shopify, linear, sentry, discord or none (see sockhook.toml(5))",
     )?;
-    let secret = match (scheme.needs_secret(), file.secret) {
+    let secrets = match (scheme.needs_secret(), file.secret) {
         (true, None) => {
             return Err(format!(
                 "secret: auth = \"{}\" needs secret = \"NAME\" (a systemd credential) or an absolute path",
@@ -361,8 +383,8 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
                 scheme.name()
             ));
         }
-        (true, Some(spec)) => Some(load_secret(&spec, credentials, scheme)?),
-        (false, None) => None,
+        (true, Some(spec)) => load_secrets(spec.specs(), credentials, scheme)?,
+        (false, None) => Vec::new(),
     };
     match (scheme, file.allow_unauthenticated) {
         (Scheme::None, Some(true)) => {}
@@ -429,7 +451,7 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         answer,
         command,
         scheme,
-        secret,
+        secrets,
         methods,
         filters: Filters {
             events,
@@ -551,6 +573,23 @@ pub fn secret_path(spec: &str, credentials: Option<&Path>) -> Result<PathBuf, St
             "secret: {spec:?} names a systemd credential, but {CREDENTIALS_DIRECTORY} is not set; add LoadCredential={spec}:/etc/sockhook/{spec} to the service, or give an absolute path"
         )),
     }
+}
+
+fn load_secrets(
+    specs: &[String],
+    credentials: Option<&Path>,
+    scheme: Scheme,
+) -> Result<Vec<Secret>, String> {
+    if specs.is_empty() || specs.len() > MAX_SECRETS {
+        return Err(format!(
+            "secret: give 1 to {MAX_SECRETS} secrets (a list while one is rotated: [\"new\", \"old\"]), not {}",
+            specs.len()
+        ));
+    }
+    specs
+        .iter()
+        .map(|spec| load_secret(spec, credentials, scheme))
+        .collect()
 }
 
 fn load_secret(spec: &str, credentials: Option<&Path>, scheme: Scheme) -> Result<Secret, String> {
@@ -694,6 +733,36 @@ mod tests {
     fn signature_schemes_need_a_secret() {
         let e = build_str("command = [\"/bin/true\"]\nauth = \"github\"\n").unwrap_err();
         assert!(e.contains("needs secret"), "{e}");
+    }
+
+    #[test]
+    fn a_secret_may_be_a_short_list() {
+        let dir = std::env::temp_dir().join(format!("sockhook-secrets-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("new"), "new-secret\n").unwrap();
+        fs::write(dir.join("old"), "old-secret\n").unwrap();
+        let hook = |secret: &str| {
+            build_str(&format!(
+                "command = [\"/bin/true\"]\nauth = \"github\"\nsecret = {secret}\n"
+            ))
+        };
+        let both = hook(&format!("[{:?}, {:?}]", dir.join("new"), dir.join("old"))).unwrap();
+        let bytes: Vec<&[u8]> = both.secrets.iter().map(Secret::expose).collect();
+        assert_eq!(bytes, [&b"new-secret"[..], b"old-secret"]);
+        assert_eq!(
+            hook(&format!("{:?}", dir.join("new")))
+                .unwrap()
+                .secrets
+                .len(),
+            1
+        );
+        assert!(hook("[]").unwrap_err().contains("give 1 to 8"));
+        let nine = vec![format!("{:?}", dir.join("new")); 9].join(", ");
+        assert!(hook(&format!("[{nine}]")).unwrap_err().contains("not 9"));
+        // One missing file breaks the hook: a typo must not leave only the old secret.
+        let missing = hook(&format!("[{:?}, \"/nonexistent/old\"]", dir.join("new")));
+        assert!(missing.unwrap_err().contains("/nonexistent/old"));
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -551,9 +551,8 @@ pub fn unix_now() -> u64 {
 
 fn secrets(hook: &Hook) -> Result<&[Secret], Refusal> {
     // INVARIANT of `Hook`: a scheme that needs a secret has one.
-    hook.secret
-        .as_ref()
-        .map(std::slice::from_ref)
+    Some(hook.secrets.as_slice())
+        .filter(|secrets| !secrets.is_empty())
         .ok_or_else(|| {
             Refusal::HookBroken(Problem {
                 path: hook.name.clone().into(),

@@ -755,3 +755,49 @@ fn bitbucket_data_center_request_id_is_the_delivery() {
         "{env}\n{log}"
     );
 }
+
+/// `secret` may list several files while a sender's secret is rotated: a
+/// delivery signed with any one is accepted, one signed with another key is
+/// not, and `sockhook check` says how many there are, never what they hold.
+#[test]
+fn rotation_accepts_old_and_new_secrets_and_check_counts_them() {
+    if !libraries() {
+        return;
+    }
+    let f = Fixture::new("rotation");
+    let sender = Sender::stripe();
+    let (new, old, other) = (f.dir.join("new"), f.dir.join("old"), f.dir.join("other"));
+    fs::write(&new, format!("{}\n", sender.key)).unwrap();
+    fs::write(&old, format!("{}\n", sender.wrong_key)).unwrap();
+    fs::write(&other, "whsec_bm90LWNvbmZpZ3VyZWQ=\n").unwrap();
+    let script = f.recorder("h");
+    f.hook(
+        "h",
+        &format!("command = [{script:?}]\nauth = \"stripe\"\nsecret = [{new:?}, {old:?}]\n"),
+    );
+    let check = Command::new(BIN)
+        .args(["check", "--hooks"])
+        .arg(&f.hooks)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success(), "{check:?}");
+    assert!(said.contains("auth stripe (2 secrets)"), "{said}");
+    assert!(
+        !said.contains(&sender.key) && !said.contains(&sender.wrong_key),
+        "{said}"
+    );
+    let served = f.serve_guarded(&["--idle-timeout", IDLE]);
+    let send = |key: &Path, body: &[u8]| {
+        let mut headers = library_signs("stripe", key, now(), "", body);
+        headers.push("Content-Type: application/json".into());
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        served.post(PATH, &headers, body).status()
+    };
+    assert_eq!(send(&old, BODY), 204, "{}", served.log());
+    assert_eq!(send(&new, ALTERED), 204, "{}", served.log());
+    assert_eq!(send(&other, BODY), 401, "{}", served.log());
+    let (_, log) = served.wait(PATIENCE);
+    assert_eq!(f.runs("h"), 2, "{log}");
+    assert!(log.contains("signature does not match the body"), "{log}");
+}

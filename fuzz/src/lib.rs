@@ -324,7 +324,7 @@ fn right_signature(
     headers: &[(String, Vec<u8>)],
     body: &[u8],
 ) -> Vec<u8> {
-    let secret = hook.secret.as_ref().map_or(&[][..], |s| s.expose());
+    let secret = hook.secrets.first().map_or(&[][..], |s| s.expose());
     let field = |name: &str| {
         headers
             .iter()
@@ -334,7 +334,7 @@ fn right_signature(
     match hook.scheme {
         Scheme::Token => verify::token(key, path).into_bytes(),
         Scheme::Gitlab => secret.to_vec(),
-        Scheme::StandardWebhooks if hook.secret.as_ref().is_some_and(|s| s.is_public_key()) => {
+        Scheme::StandardWebhooks if hook.secrets.iter().any(|s| s.is_public_key()) => {
             let id = field("webhook-id").or(field("svix-id")).unwrap_or("");
             let timestamp = field("webhook-timestamp").or(field("svix-timestamp"));
             let prefix = format!("{id}.{}.", timestamp.unwrap_or(""));
