@@ -801,3 +801,53 @@ fn rotation_accepts_old_and_new_secrets_and_check_counts_them() {
     assert_eq!(f.runs("h"), 2, "{log}");
     assert!(log.contains("signature does not match the body"), "{log}");
 }
+
+/// A `[match]` hook never answers "200 ignored" to a body it cannot read:
+/// a gzip-encoded one is refused 415 before it is read, saying why, and a
+/// JSON body after a UTF-8 byte order mark is read (RFC 8259 §8.1), with the
+/// body as sent on the command's stdin.
+#[test]
+fn match_hooks_refuse_compressed_bodies_and_skip_a_byte_order_mark() {
+    let f = Fixture::new("interop");
+    let secret = f.dir.join("secret");
+    fs::write(&secret, "interop-secret\n").unwrap();
+    let script = f.recorder("h");
+    f.hook(
+        "h",
+        &format!(
+            "command = [{script:?}]\nauth = \"github\"\nsecret = {secret:?}\n[match]\nref = \"main\"\n"
+        ),
+    );
+    let gzip = run("gzip", &["-c"], BODY);
+    assert!(gzip.status.success(), "{gzip:?}");
+    let sign = |body: &[u8]| github_signature(b"interop-secret", body);
+    let served = f.serve_guarded(&["--idle-timeout", IDLE]);
+    let zipped = served.post(
+        PATH,
+        &[
+            &sign(&gzip.stdout),
+            "Content-Type: application/json",
+            "Content-Encoding: gzip",
+        ],
+        &gzip.stdout,
+    );
+    assert_eq!(zipped.status(), 415, "{zipped:?}\n{}", served.log());
+    assert!(
+        zipped
+            .body()
+            .contains("Content-Encoding gzip is not supported"),
+        "{}",
+        zipped.body()
+    );
+    let bom = [b"\xEF\xBB\xBF".as_slice(), BODY].concat();
+    let reply = served.post(
+        PATH,
+        &[&sign(&bom), "Content-Type: application/json; charset=utf-8"],
+        &bom,
+    );
+    assert_eq!(reply.status(), 204, "{reply:?}\n{}", served.log());
+    let (_, log) = served.wait(PATIENCE);
+    assert_eq!(f.runs("h"), 1, "{log}");
+    assert_eq!(f.read("h.stdin"), bom, "{log}");
+    assert!(!log.contains("ignored"), "{log}");
+}
