@@ -76,6 +76,9 @@ pub struct Hook {
     pub tasks_max: u64,
     /// When and how the request is answered (`respond` and the keys that go with it).
     pub answer: Answer,
+    /// The token may come as the query parameter `token` (for senders that
+    /// can only be given a URL). INVARIANT: only with `Scheme::Token`.
+    pub token_in_query: bool,
 }
 
 /// When a hook's requests are answered.
@@ -114,7 +117,7 @@ pub const MAX_RESPOND_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// Every key a hook file may hold, as `HookFile` reads them.
-pub const HOOK_KEYS: [&str; 15] = [
+pub const HOOK_KEYS: [&str; 16] = [
     "command",
     "auth",
     "secret",
@@ -129,6 +132,7 @@ pub const HOOK_KEYS: [&str; 15] = [
     "include_stderr",
     "exit_status",
     "allow_unauthenticated",
+    "token_in_query",
     "match",
 ];
 
@@ -150,6 +154,7 @@ struct HookFile {
     include_stderr: Option<bool>,
     exit_status: Option<BTreeMap<String, i64>>,
     allow_unauthenticated: Option<bool>,
+    token_in_query: Option<bool>,
     #[serde(rename = "match")]
     filter: Option<toml::Table>,
 }
@@ -399,6 +404,12 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         }
         (_, None) => {}
     }
+    if file.token_in_query.is_some() && scheme != Scheme::Token {
+        return Err(format!(
+            "token_in_query: only applies to auth = \"token\", not \"{}\"; remove it",
+            scheme.name()
+        ));
+    }
     let methods = file.methods.unwrap_or_else(|| vec!["POST".into()]);
     if methods.is_empty()
         || !methods
@@ -459,6 +470,7 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         },
         timeout,
         max_body,
+        token_in_query: file.token_in_query.unwrap_or(false),
     })
 }
 
@@ -763,6 +775,18 @@ mod tests {
         let missing = hook(&format!("[{:?}, \"/nonexistent/old\"]", dir.join("new")));
         assert!(missing.unwrap_err().contains("/nonexistent/old"));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn token_in_query_is_for_token_hooks_only() {
+        let hook = |auth: &str| {
+            build_str(&format!(
+                "command = [\"/bin/true\"]\nauth = \"{auth}\"\ntoken_in_query = true\n"
+            ))
+        };
+        assert!(hook("token").unwrap().token_in_query);
+        let e = hook("none\"\nallow_unauthenticated = true\n#").unwrap_err();
+        assert!(e.starts_with("token_in_query: only applies"), "{e}");
     }
 
     #[test]

@@ -234,9 +234,9 @@ pub fn decide(
             .replay
             .admit(&hook.name, what, id, verify::unix_now())?;
     }
-    // Svix's and Bitbucket Data Center's header names, under the names
-    // `events` and SOCKHOOK_DELIVERY read.
-    let canonical = verify::canonical_head(hook.scheme, head);
+    // Svix's and Bitbucket Data Center's header names under the names
+    // `events` and SOCKHOOK_DELIVERY read, and no query token.
+    let canonical = verify::canonical_head(&hook, head);
     let head = canonical.as_ref().unwrap_or(head);
     if let Err(why) = hook.filters.event(head) {
         return Ok(Accepted::Ignored(why));

@@ -232,7 +232,7 @@ pub fn before_body(
         Scheme::None => Ok(Pending::Done),
         Scheme::Token => {
             let key = key.map_err(|problem| Refusal::HookBroken(problem.clone()))?;
-            let presented = presented_token(head)?;
+            let presented = presented_token(head, hook.token_in_query)?;
             if token_matches(key, &head.path, &presented) {
                 Ok(Pending::Done)
             } else {
@@ -518,11 +518,24 @@ fn text<'h>(head: &'h Head, name: &str) -> Result<&'h str, Refusal> {
     std::str::from_utf8(value).map_err(|_| Refusal::unauthorized(format!("{name} is not UTF-8")))
 }
 
-/// `head` with the scheme's canonical header names added where the sender
-/// used an alias (Svix's `svix-id`, Bitbucket Data Center's `X-Request-Id`),
-/// so that `events` and `SOCKHOOK_DELIVERY` find them; `None` if nothing to add.
-pub fn canonical_head(scheme: Scheme, head: &Head) -> Option<Head> {
-    let added: Vec<(String, Vec<u8>)> = scheme
+/// `name=value` pairs of a query, as sent (a token is hex: nothing to decode).
+fn query_params(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
+/// `head` as the command sees it, if that differs: with the scheme's
+/// canonical header names added where the sender used an alias (Svix's
+/// `svix-id`, Bitbucket Data Center's `X-Request-Id`), so that `events` and
+/// `SOCKHOOK_DELIVERY` find them, and without a query token, which is a
+/// credential and must not reach `SOCKHOOK_QUERY`.
+pub fn canonical_head(hook: &Hook, head: &Head) -> Option<Head> {
+    let query_token =
+        hook.token_in_query && query_params(head.query.as_deref()).any(|(n, _)| n == QUERY_TOKEN);
+    let added: Vec<(String, Vec<u8>)> = hook
+        .scheme
         .header_aliases()
         .iter()
         .filter(|(_, canonical)| head.header(canonical).is_none())
@@ -530,11 +543,20 @@ pub fn canonical_head(scheme: Scheme, head: &Head) -> Option<Head> {
             Some(((*canonical).to_owned(), head.header(alias)?.to_vec()))
         })
         .collect();
-    if added.is_empty() {
+    if added.is_empty() && !query_token {
         return None;
     }
     let mut head = head.clone();
     head.headers.extend(added);
+    if query_token {
+        let kept: Vec<&str> = head
+            .query
+            .iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|pair| pair.split_once('=').map_or(*pair, |(n, _)| n) != QUERY_TOKEN)
+            .collect();
+        head.query = Some(kept.join("&")).filter(|q| !q.is_empty());
+    }
     Some(head)
 }
 
@@ -582,10 +604,20 @@ fn scopes(path: &str) -> impl Iterator<Item = &str> {
     std::iter::once(path).chain(prefixes.collect::<Vec<_>>().into_iter().rev())
 }
 
-/// The token a client sent: the Basic-auth user name, or a Bearer token.
-fn presented_token(head: &Head) -> Result<String, Refusal> {
+/// The query parameter that carries a token where a hook allows it (`token_in_query`).
+pub const QUERY_TOKEN: &str = "token";
+
+/// The token a client sent: the Basic-auth user name, or a Bearer token, or
+/// (when `in_query`, and no `Authorization` was sent) the query parameter `token`.
+fn presented_token(head: &Head, in_query: bool) -> Result<String, Refusal> {
     let missing = || Refusal::Unauthorized {
-        reason: "no token; send it as the Basic-auth user name or as a Bearer token".into(),
+        reason: if in_query {
+            format!(
+                "no token; send it as the Basic-auth user name, as a Bearer token, or as ?{QUERY_TOKEN}="
+            )
+        } else {
+            "no token; send it as the Basic-auth user name or as a Bearer token".into()
+        },
         challenge: true,
     };
     let bad = |why: &str| Refusal::Unauthorized {
@@ -594,6 +626,14 @@ fn presented_token(head: &Head) -> Result<String, Refusal> {
     };
     let value = match single(head, "authorization") {
         Ok(value) => value,
+        Err(Missing::None) if in_query => {
+            let mut tokens = query_params(head.query.as_deref()).filter(|(n, _)| *n == QUERY_TOKEN);
+            return match (tokens.next(), tokens.next()) {
+                (Some((_, token)), None) => Ok(token.to_owned()),
+                (None, _) => Err(missing()),
+                (Some(_), Some(_)) => Err(bad("more than one token parameter in the query")),
+            };
+        }
         Err(Missing::None) => return Err(missing()),
         Err(Missing::Repeated) => return Err(bad("more than one Authorization header")),
     };

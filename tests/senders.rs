@@ -851,3 +851,52 @@ fn match_hooks_refuse_compressed_bodies_and_skip_a_byte_order_mark() {
     assert_eq!(f.read("h.stdin"), bom, "{log}");
     assert!(!log.contains("ignored"), "{log}");
 }
+
+/// A sender that can only be given a URL (Docker Hub): with
+/// `token_in_query = true` the token may come as `?token=`; it is never
+/// logged and never reaches the command's SOCKHOOK_QUERY; without the
+/// opt-in the same URL is refused.
+#[test]
+fn token_in_query_is_an_opt_in_and_never_logged() {
+    let f = Fixture::new("query-token");
+    let script = f.recorder("h");
+    f.hook(
+        "h",
+        &format!("command = [{script:?}]\nauth = \"token\"\ntoken_in_query = true\n"),
+    );
+    f.hook(
+        "plain",
+        &format!("command = [{script:?}]\nauth = \"token\"\n"),
+    );
+    let token = f.token(PATH);
+    let plain_token = f.token("/hooks/plain");
+    let served = f.serve_guarded(&["--idle-timeout", IDLE]);
+    let post = |target: &str| served.post(target, &["Content-Type: application/json"], BODY);
+    let ok = post(&format!("{PATH}?repo=site&token={token}&x=1"));
+    assert_eq!(ok.status(), 204, "{ok:?}\n{}", served.log());
+    let wrong = post(&format!("{PATH}?token={plain_token}"));
+    assert_eq!(wrong.status(), 401, "{wrong:?}");
+    assert!(
+        wrong.body().contains("token does not match the path"),
+        "{wrong:?}"
+    );
+    let twice = post(&format!("{PATH}?token={token}&token={token}"));
+    assert_eq!(twice.status(), 401, "{twice:?}");
+    assert!(twice.body().contains("more than one token"), "{twice:?}");
+    let none = post(PATH);
+    assert!(none.body().contains("?token="), "{none:?}");
+    let not_opted_in = post(&format!("/hooks/plain?token={plain_token}"));
+    assert_eq!(not_opted_in.status(), 401, "{not_opted_in:?}");
+    let (_, log) = served.wait(PATIENCE);
+    assert_eq!(f.runs("h"), 1, "{log}");
+    let env = String::from_utf8(f.read("h.env")).unwrap();
+    assert!(env.contains("SOCKHOOK_QUERY=repo=site&x=1\n"), "{env}");
+    assert!(
+        !env.contains(&token),
+        "the token reached the command: {env}"
+    );
+    for t in [&token, &plain_token] {
+        assert!(!log.contains(t.as_str()), "token in the log:\n{log}");
+    }
+    assert_eq!(log.matches(" 401 ").count(), 4, "{log}");
+}
