@@ -108,8 +108,9 @@ impl Pending {
     /// The verdict once the whole body went through [`Pending::update`]:
     /// each MAC compared in constant time with each the sender gave, then,
     /// if none matched, each Ed25519 signature checked. `body` gives the
-    /// whole body, which Ed25519 (RFC 8032 §5.1.7 hashes the message twice)
-    /// needs at once; it is asked for only then.
+    /// whole body, which ring's Ed25519 check takes as one slice after what
+    /// the sender signed before it (ring has no streaming interface); it is
+    /// asked for only then.
     pub fn finish<B: Deref<Target = [u8]>>(
         self,
         body: impl FnOnce() -> Result<B, Refusal>,
@@ -129,7 +130,8 @@ impl Pending {
             })
             .cloned();
         if matched.is_none() && !check.keys.is_empty() && !check.signatures.is_empty() {
-            // A copy of the body, bounded by max_body: ring verifies one slice.
+            // One copy of the mapped body, bounded by max_body, made only for a
+            // request whose headers passed; the spool's budget does not count it.
             let body = body()?;
             let mut message = check.prefix;
             message.extend_from_slice(&body);
