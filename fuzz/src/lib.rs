@@ -479,20 +479,26 @@ pub fn token(data: &[u8]) {
     }
 }
 
-/// The Standard Webhooks secret decoding on the input, with and without the `whsec_` prefix.
+/// The Standard Webhooks secret decoding on the input, with and without the
+/// `whsec_` prefix; a `whpk_` input must give a 32-byte public key or nothing.
 pub fn standard_webhooks_secret(data: &[u8]) {
     let decode = |bytes: &[u8]| {
         Scheme::StandardWebhooks
             .decode_secret(bytes.to_vec())
-            .map(|s| s.expose().to_vec())
+            .map(|s| (s.is_public_key(), s.expose().to_vec()))
     };
     let key = decode(data);
-    if let Ok(key) = &key {
+    let public = data.starts_with(b"whpk_");
+    if let Ok((is_public, key)) = &key {
+        assert_eq!(*is_public, public, "whpk_ decides the kind of key");
+        if public {
+            assert_eq!(key.len(), 32, "an Ed25519 public key is 32 bytes");
+        }
         assert!(!key.is_empty());
         let signature = verify::standard_webhooks_signature(key, "msg_1", 1, data);
         assert!(signature.starts_with("v1,") && signature.len() == 47);
     }
-    if !data.starts_with(STANDARD_WEBHOOKS_PREFIX.as_bytes()) {
+    if !data.starts_with(STANDARD_WEBHOOKS_PREFIX.as_bytes()) && !public {
         let prefixed = [STANDARD_WEBHOOKS_PREFIX.as_bytes(), data].concat();
         assert_eq!(decode(&prefixed), key);
     }
