@@ -124,9 +124,10 @@ pub fn check(hooks_dir: &Path, key: Option<&Path>, user: Option<&str>) -> u8 {
             && per_hook.get(name).is_none_or(Vec::is_empty)
         {
             println!(
-                "{}{name}: ok: auth {}, {} runs {}",
+                "{}{name}: ok: auth {}{}, {} runs {}",
                 config::HOOKS_PREFIX,
                 hook.scheme.name(),
+                secrets_note(hook),
                 hook.methods.join("/"),
                 describe_command(&hook.command)
             );
@@ -871,6 +872,15 @@ pub fn tls_findings(files: &crate::tls::Files, now: i64) -> Vec<TlsFinding> {
         ))
     });
     findings
+}
+
+/// How many secrets a hook checks with, never what they are: `" (2 secrets)"`
+/// while one is being rotated, nothing for one or none.
+fn secrets_note(hook: &config::Hook) -> String {
+    match hook.secrets.len() {
+        0 | 1 => String::new(),
+        n => format!(" ({n} secrets)"),
+    }
 }
 
 #[cfg(test)]

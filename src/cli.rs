@@ -214,7 +214,7 @@ static USER: Opt = Opt {
 static SCHEME: Opt = Opt {
     name: "scheme",
     value: "SCHEME",
-    help: "The hook's auth scheme: github, gitea, forgejo, gitlab, bitbucket or standard-webhooks",
+    help: "The hook's auth scheme: github, gitea, forgejo, gitlab, bitbucket, standard-webhooks, stripe, slack, shopify, linear, sentry or discord",
     set: |a, v| {
         let name = text("scheme", v)?;
         a.scheme = Some(
@@ -222,7 +222,7 @@ static SCHEME: Opt = Opt {
                 .filter(|s| s.needs_secret())
                 .ok_or_else(|| {
                     Error::Usage(format!(
-                        "sign: unknown scheme {name:?}; choose github, gitea, forgejo, gitlab, bitbucket or standard-webhooks"
+                        "sign: unknown scheme {name:?}; choose github, gitea, forgejo, gitlab, bitbucket, standard-webhooks, stripe, slack, shopify, linear, sentry or discord"
                     ))
                 })?,
         );
@@ -233,7 +233,7 @@ static SCHEME: Opt = Opt {
 static SECRET: Opt = Opt {
     name: "secret",
     value: "FILE",
-    help: "The file holding the hook's secret",
+    help: "The file holding the hook's secret; for discord and standard-webhooks v1a, the sender's Ed25519 private key",
     set: |a, v| put(&mut a.secret, Some(v.into())),
 };
 
@@ -247,7 +247,7 @@ static ID: Opt = Opt {
 static TIMESTAMP: Opt = Opt {
     name: "timestamp",
     value: "UNIX",
-    help: "standard-webhooks: the timestamp [default: now]",
+    help: "standard-webhooks, stripe, slack, discord: the timestamp [default: now]",
     set: |a, v| {
         let value = text("timestamp", v)?;
         a.timestamp = Some(value.parse().map_err(|_| {

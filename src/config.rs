@@ -60,9 +60,10 @@ pub struct Hook {
     pub command: Vec<String>,
     /// How senders are authenticated.
     pub scheme: Scheme,
-    /// The shared secret of signature schemes.
-    /// INVARIANT: `Some` exactly when `scheme.needs_secret()`.
-    pub secret: Option<Secret>,
+    /// The shared secrets (or public keys) of signature schemes; any one
+    /// verifies, so that a sender's secret can be rotated.
+    /// INVARIANT: 1..=MAX_SECRETS of them exactly when `scheme.needs_secret()`, else none.
+    pub secrets: Vec<Secret>,
     /// Methods accepted, e.g. `["POST"]`.
     pub methods: Vec<String>,
     /// Which authenticated requests run the command (`events`, `[match]`).
@@ -77,6 +78,9 @@ pub struct Hook {
     pub answer: Answer,
     /// Whether accepted deliveries are kept in the delivery journal.
     pub journal: bool,
+    /// The token may come as the query parameter `token` (for senders that
+    /// can only be given a URL). INVARIANT: only with `Scheme::Token`.
+    pub token_in_query: bool,
 }
 
 /// When a hook's requests are answered.
@@ -115,7 +119,7 @@ pub const MAX_RESPOND_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// Every key a hook file may hold, as `HookFile` reads them.
-pub const HOOK_KEYS: [&str; 16] = [
+pub const HOOK_KEYS: [&str; 17] = [
     "command",
     "auth",
     "secret",
@@ -131,6 +135,7 @@ pub const HOOK_KEYS: [&str; 16] = [
     "exit_status",
     "journal",
     "allow_unauthenticated",
+    "token_in_query",
     "match",
 ];
 
@@ -140,7 +145,7 @@ pub const HOOK_KEYS: [&str; 16] = [
 struct HookFile {
     command: Option<Vec<String>>,
     auth: Option<Scheme>,
-    secret: Option<String>,
+    secret: Option<SecretSpec>,
     methods: Option<Vec<String>>,
     events: Option<Vec<String>>,
     timeout: Option<u64>,
@@ -153,8 +158,29 @@ struct HookFile {
     exit_status: Option<BTreeMap<String, i64>>,
     journal: Option<bool>,
     allow_unauthenticated: Option<bool>,
+    token_in_query: Option<bool>,
     #[serde(rename = "match")]
     filter: Option<toml::Table>,
+}
+
+/// Most secrets one hook may list: each is one more HMAC of every body.
+pub const MAX_SECRETS: usize = 8;
+
+/// `secret = "NAME"` or, while a sender's secret is rotated, `secret = ["NEW", "OLD"]`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SecretSpec {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl SecretSpec {
+    fn specs(&self) -> &[String] {
+        match self {
+            SecretSpec::One(one) => std::slice::from_ref(one),
+            SecretSpec::Many(many) => many,
+        }
+    }
 }
 
 /// What a file looked like when it was read; `None` stands for a file that
@@ -323,6 +349,7 @@ fn load_hook(
     files.extend(
         file.secret
             .iter()
+            .flat_map(SecretSpec::specs)
             .filter_map(|spec| secret_path(spec, credentials).ok()),
     );
     (build(file, name, credentials).map_err(problem), files)
@@ -335,9 +362,9 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
     )?;
     check_command(&command)?;
     let scheme = file.auth.ok_or(
-        "auth: missing; choose token, github, gitea, forgejo, gitlab, bitbucket, standard-webhooks or none (see sockhook.toml(5))",
+        "auth: missing; choose token, github, gitea, forgejo, gitlab, bitbucket, standard-webhooks, stripe, slack, shopify, linear, sentry, discord or none (see sockhook.toml(5))",
     )?;
-    let secret = match (scheme.needs_secret(), file.secret) {
+    let secrets = match (scheme.needs_secret(), file.secret) {
         (true, None) => {
             return Err(format!(
                 "secret: auth = \"{}\" needs secret = \"NAME\" (a systemd credential) or an absolute path",
@@ -350,13 +377,13 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
                 scheme.name()
             ));
         }
-        (true, Some(spec)) if looks_pasted(&spec) => {
+        (true, Some(spec)) if spec.specs().iter().any(|s| looks_pasted(s)) => {
             return Err(format!(
                 "secret: the value looks like the secret itself (not shown here); this key names where the secret is kept, a systemd credential or an absolute path, never the secret: put it in a root-only file, e.g. /etc/sockhook/{name}, add LoadCredential={name}:/etc/sockhook/{name} to sockhook.service (systemctl edit sockhook.service) and write secret = \"{name}\""
             ));
         }
-        (true, Some(spec)) => Some(load_secret(&spec, credentials, scheme)?),
-        (false, None) => None,
+        (true, Some(spec)) => load_secrets(spec.specs(), credentials, scheme)?,
+        (false, None) => Vec::new(),
     };
     match (scheme, file.allow_unauthenticated) {
         (Scheme::None, Some(true)) => {}
@@ -370,6 +397,12 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
             ));
         }
         (_, None) => {}
+    }
+    if file.token_in_query.is_some() && scheme != Scheme::Token {
+        return Err(format!(
+            "token_in_query: only applies to auth = \"token\", not \"{}\"; remove it",
+            scheme.name()
+        ));
     }
     let methods = file.methods.unwrap_or_else(|| vec!["POST".into()]);
     if methods.is_empty()
@@ -420,7 +453,7 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         journal: file.journal.unwrap_or(true),
         command,
         scheme,
-        secret,
+        secrets,
         methods,
         filters: Filters {
             events,
@@ -428,6 +461,7 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         },
         timeout,
         max_body,
+        token_in_query: file.token_in_query.unwrap_or(false),
     })
 }
 
@@ -560,6 +594,23 @@ pub fn secret_path(spec: &str, credentials: Option<&Path>) -> Result<PathBuf, St
             "secret: {spec:?} names a systemd credential, but {CREDENTIALS_DIRECTORY} is not set; add LoadCredential={spec}:/etc/sockhook/{spec} to the service, or give an absolute path"
         )),
     }
+}
+
+fn load_secrets(
+    specs: &[String],
+    credentials: Option<&Path>,
+    scheme: Scheme,
+) -> Result<Vec<Secret>, String> {
+    if specs.is_empty() || specs.len() > MAX_SECRETS {
+        return Err(format!(
+            "secret: give 1 to {MAX_SECRETS} secrets (a list while one is rotated: [\"new\", \"old\"]), not {}",
+            specs.len()
+        ));
+    }
+    specs
+        .iter()
+        .map(|spec| load_secret(spec, credentials, scheme))
+        .collect()
 }
 
 fn load_secret(spec: &str, credentials: Option<&Path>, scheme: Scheme) -> Result<Secret, String> {
@@ -715,6 +766,48 @@ mod tests {
     fn signature_schemes_need_a_secret() {
         let e = build_str("command = [\"/bin/true\"]\nauth = \"github\"\n").unwrap_err();
         assert!(e.contains("needs secret"), "{e}");
+    }
+
+    #[test]
+    fn a_secret_may_be_a_short_list() {
+        let dir = std::env::temp_dir().join(format!("sockhook-secrets-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("new"), "new-secret\n").unwrap();
+        fs::write(dir.join("old"), "old-secret\n").unwrap();
+        let hook = |secret: &str| {
+            build_str(&format!(
+                "command = [\"/bin/true\"]\nauth = \"github\"\nsecret = {secret}\n"
+            ))
+        };
+        let both = hook(&format!("[{:?}, {:?}]", dir.join("new"), dir.join("old"))).unwrap();
+        let bytes: Vec<&[u8]> = both.secrets.iter().map(Secret::expose).collect();
+        assert_eq!(bytes, [&b"new-secret"[..], b"old-secret"]);
+        assert_eq!(
+            hook(&format!("{:?}", dir.join("new")))
+                .unwrap()
+                .secrets
+                .len(),
+            1
+        );
+        assert!(hook("[]").unwrap_err().contains("give 1 to 8"));
+        let nine = vec![format!("{:?}", dir.join("new")); 9].join(", ");
+        assert!(hook(&format!("[{nine}]")).unwrap_err().contains("not 9"));
+        // One missing file breaks the hook: a typo must not leave only the old secret.
+        let missing = hook(&format!("[{:?}, \"/nonexistent/old\"]", dir.join("new")));
+        assert!(missing.unwrap_err().contains("/nonexistent/old"));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn token_in_query_is_for_token_hooks_only() {
+        let hook = |auth: &str| {
+            build_str(&format!(
+                "command = [\"/bin/true\"]\nauth = \"{auth}\"\ntoken_in_query = true\n"
+            ))
+        };
+        assert!(hook("token").unwrap().token_in_query);
+        let e = hook("none\"\nallow_unauthenticated = true\n#").unwrap_err();
+        assert!(e.starts_with("token_in_query: only applies"), "{e}");
     }
 
     #[test]

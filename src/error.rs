@@ -105,6 +105,10 @@ pub enum Refusal {
     TargetTooLong,
     /// The hook filters on JSON fields and the body is not declared JSON (415).
     UnsupportedMediaType,
+    /// The hook filters on JSON fields and the body comes in a content
+    /// coding (`Content-Encoding: gzip`) that sockhook does not decode (415);
+    /// the coding as sent, cleaned for the log.
+    UnsupportedContentCoding(String),
     /// The `Expect` header asks for something other than `100-continue` (417).
     ExpectationFailed,
     /// The request head is longer than `MAX_HEAD_BYTES` or has too many fields (431).
@@ -143,7 +147,7 @@ impl Refusal {
             Refusal::LengthRequired => 411,
             Refusal::BodyTooLarge { .. } => 413,
             Refusal::TargetTooLong => 414,
-            Refusal::UnsupportedMediaType => 415,
+            Refusal::UnsupportedMediaType | Refusal::UnsupportedContentCoding(_) => 415,
             Refusal::ExpectationFailed => 417,
             Refusal::HeadTooLarge => 431,
             Refusal::HookBroken(_) | Refusal::Internal { .. } => 500,
@@ -196,6 +200,10 @@ impl fmt::Display for Refusal {
             Refusal::UnsupportedMediaType => {
                 f.write_str("this hook matches JSON fields: send Content-Type: application/json")
             }
+            Refusal::UnsupportedContentCoding(coding) => write!(
+                f,
+                "Content-Encoding {coding} is not supported: this hook matches JSON fields in the body as sent; turn compression off at the sender"
+            ),
             Refusal::ExpectationFailed => f.write_str("only Expect: 100-continue is supported"),
             Refusal::HeadTooLarge => f.write_str("request head too large"),
             Refusal::HookBroken(problem) => write!(f, "hook misconfigured: {}", problem.message),

@@ -59,6 +59,8 @@ use crate::error::Refusal;
 use crate::log::Clean;
 use crate::read::Head;
 
+/// The UTF-8 byte order mark, skipped before a JSON body.
+pub const UTF8_BOM: &[u8] = b"\xEF\xBB\xBF";
 /// Most rules in one `match` table.
 pub const MAX_RULES: usize = 16;
 /// Most object keys in one rule's path.
@@ -249,12 +251,33 @@ impl fmt::Display for Ignored {
 }
 
 impl Filters {
-    /// Before the body: a hook that matches JSON fields needs a JSON body (415).
+    /// Before the body: a hook that matches JSON fields needs a JSON body
+    /// (415), and one it can read as sent: a compressed body
+    /// (`Content-Encoding` other than `identity`) would otherwise fail every
+    /// rule and be answered "ignored" while the sender shows success. It is
+    /// refused instead (RFC 9110 §15.5.16), which the sender shows as a
+    /// failure that says why; decoding it would take a decompressor bounded
+    /// against bombs, for senders that can all be told not to compress.
     pub fn content_type(&self, head: &Head) -> Result<(), Refusal> {
-        if self.payload.is_some() && !is_json(head.header("content-type")) {
+        if self.payload.is_none() {
+            return Ok(());
+        }
+        if !is_json(head.header("content-type")) {
             return Err(Refusal::UnsupportedMediaType);
         }
-        Ok(())
+        let codings = head
+            .headers
+            .iter()
+            .filter(|(name, _)| name == "content-encoding")
+            .flat_map(|(_, value)| value.split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .find(|coding| !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity"));
+        match codings {
+            Some(coding) => Err(Refusal::UnsupportedContentCoding(
+                Clean::peer(coding).to_string(),
+            )),
+            None => Ok(()),
+        }
     }
 
     /// After verification: whether the request's event is one that runs the command.
@@ -295,6 +318,9 @@ impl Match {
     /// "refs/heads/main"`, `repository.full_name is missing`, `body is not
     /// JSON: …` — values from the body escaped and cut at 100 bytes.
     pub fn check(&self, body: &[u8]) -> Result<(), Ignored> {
+        // RFC 8259 §8.1: a parser may ignore a byte order mark, which some
+        // senders put before their JSON; serde_json would stop at it.
+        let body = body.strip_prefix(UTF8_BOM).unwrap_or(body);
         // RFC 8259 §8.1; serde_json does not check the strings it skips.
         let text = std::str::from_utf8(body).map_err(|_| Ignored::new("body is not UTF-8"))?;
         scan(text.as_bytes(), self.depth + 1).map_err(Ignored::new)?;
@@ -702,7 +728,7 @@ fn scan(body: &[u8], key_depth: usize) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_DEPTH, MAX_KEY_BYTES, Match, is_json};
+    use super::{Filters, Head, MAX_DEPTH, MAX_KEY_BYTES, Match, is_json};
 
     fn rules(toml: &str) -> Result<Match, String> {
         Match::from_toml(&toml.parse::<toml::Table>().expect("test TOML parses"))
@@ -1163,6 +1189,67 @@ mod tests {
         &format!(r#"{{"ref":"{}"}}"#, "x".repeat(300)),
         Err(&format!(r#"ref is "{}...", not "main""#, "x".repeat(100)))
     );
+
+    // Regression test: a JSON body with a UTF-8 byte order mark was answered
+    // "200 ignored: body is not JSON" and nothing ran (issue 13).
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let rules = rules(r#"ref = "main""#).unwrap();
+        assert_eq!(rules.check(b"\xEF\xBB\xBF{\"ref\":\"main\"}"), Ok(()));
+        assert_eq!(
+            rules
+                .check(b"\xEF\xBB\xBF{\"ref\":\"dev\"}")
+                .unwrap_err()
+                .to_string(),
+            r#"ref is "dev", not "main""#
+        );
+        // Only one, and only at the start.
+        assert!(
+            rules
+                .check(b"\xEF\xBB\xBF\xEF\xBB\xBF{\"ref\":\"main\"}")
+                .is_err()
+        );
+        assert!(rules.check(b" \xEF\xBB\xBF{\"ref\":\"main\"}").is_err());
+    }
+
+    // Regression test: a gzip-encoded body was answered "200 ignored: body is
+    // not UTF-8" and nothing ran (issue 13).
+    #[test]
+    fn compressed_bodies_are_refused_before_they_are_read() {
+        let filters = Filters {
+            events: None,
+            payload: Some(rules(r#"ref = "main""#).unwrap()),
+        };
+        let head = |encoding: &[&str]| Head {
+            method: "POST".into(),
+            path: "/hooks/h".into(),
+            query: None,
+            minor_version: 1,
+            headers: std::iter::once(("content-type".to_owned(), b"application/json".to_vec()))
+                .chain(
+                    encoding
+                        .iter()
+                        .map(|e| ("content-encoding".to_owned(), e.as_bytes().to_vec())),
+                )
+                .collect(),
+            framing: crate::read::Framing::Length(1),
+            expect_continue: false,
+        };
+        assert!(filters.content_type(&head(&[])).is_ok());
+        assert!(filters.content_type(&head(&["identity"])).is_ok());
+        for encoded in [
+            &["gzip"][..],
+            &["identity, gzip"],
+            &["identity", "br"],
+            &["x-gzip"],
+        ] {
+            let refusal = filters.content_type(&head(encoded)).unwrap_err();
+            assert_eq!(refusal.status(), 415, "{encoded:?}");
+            assert!(refusal.to_string().contains("turn compression off"));
+        }
+        // Without [match], the body goes to the command as sent.
+        assert!(Filters::default().content_type(&head(&["gzip"])).is_ok());
+    }
 
     #[test]
     fn invalid_utf8_in_a_wanted_value_fails() {

@@ -116,8 +116,9 @@ pub mod internals {
     pub use crate::read::{Framing, Head, MAX_HEADERS, MAX_TARGET_BYTES, Reader, Source};
     pub use crate::respond::STATUSES;
     pub use crate::scheme::{Key, STANDARD_WEBHOOKS_PREFIX, Scheme, Secret};
+    pub use crate::tools::ed25519_sign;
     pub use crate::verify::{
-        Pending, before_body, body_signature, hex, standard_webhooks_signature, token,
+        Pending, before_body, body_signature, hex, mac, standard_webhooks_signature, token,
         token_matches, unhex,
     };
 }

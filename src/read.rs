@@ -73,7 +73,7 @@ impl Framing {
 }
 
 /// A parsed, validated request head.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
     /// The method, as sent (methods are case-sensitive).
     pub method: String,

@@ -43,12 +43,13 @@ impl Replay {
     }
 
     /// Records delivery `id` of `hook` at `now` (Unix seconds), or refuses it
-    /// if it was accepted within [`REMEMBER`].
-    pub fn admit(&self, hook: &str, id: &str, now: u64) -> Result<(), Refusal> {
+    /// if it was accepted within [`REMEMBER`]; `what` names it in the refusal
+    /// (`webhook-id`, `this Stripe-Signature`).
+    pub fn admit(&self, hook: &str, what: &str, id: &str, now: u64) -> Result<(), Refusal> {
         let key = format!("{hook} {id}");
         let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());
         let Some(path) = &self.file else {
-            return admit_in(&mut memory, key, now);
+            return admit_in(&mut memory, key, now).map_err(|()| replayed(what));
         };
         let fail = |what: &str, e: std::io::Error| {
             Refusal::internal(format!("{what} {}", path.display()), e)
@@ -64,7 +65,7 @@ impl Replay {
         let mut file =
             Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| fail("lock", e.into()))?;
         let mut ids = read_ids(&mut file);
-        admit_in(&mut ids, key, now)?;
+        admit_in(&mut ids, key, now).map_err(|()| replayed(what))?;
         let text: String = ids.iter().map(|(t, k)| format!("{t} {k}\n")).collect();
         file.rewind()
             .and_then(|()| file.set_len(0))
@@ -85,12 +86,14 @@ fn read_ids(file: &mut File) -> Vec<(u64, String)> {
         .collect()
 }
 
-fn admit_in(ids: &mut Vec<(u64, String)>, key: String, now: u64) -> Result<(), Refusal> {
+fn replayed(what: &str) -> Refusal {
+    Refusal::unauthorized(format!("{what} was already accepted (a replay)"))
+}
+
+fn admit_in(ids: &mut Vec<(u64, String)>, key: String, now: u64) -> Result<(), ()> {
     ids.retain(|&(time, _)| time + REMEMBER.as_secs() >= now);
     if ids.iter().any(|(_, k)| *k == key) {
-        return Err(Refusal::unauthorized(
-            "webhook-id was already accepted (a replay)",
-        ));
+        return Err(());
     }
     ids.push((now, key));
     if ids.len() > MAX_IDS {
@@ -106,11 +109,17 @@ mod tests {
     #[test]
     fn an_id_is_accepted_once_within_the_window() {
         let replay = Replay::new(None);
-        replay.admit("h", "msg_1", 1000).unwrap();
-        assert_eq!(replay.admit("h", "msg_1", 1001).unwrap_err().status(), 401);
-        replay.admit("other", "msg_1", 1001).unwrap();
+        replay.admit("h", "webhook-id", "msg_1", 1000).unwrap();
+        assert_eq!(
+            replay
+                .admit("h", "webhook-id", "msg_1", 1001)
+                .unwrap_err()
+                .status(),
+            401
+        );
+        replay.admit("other", "webhook-id", "msg_1", 1001).unwrap();
         replay
-            .admit("h", "msg_1", 1000 + REMEMBER.as_secs() + 1)
+            .admit("h", "webhook-id", "msg_1", 1000 + REMEMBER.as_secs() + 1)
             .unwrap();
     }
 
@@ -118,8 +127,10 @@ mod tests {
     fn ids_survive_in_the_file() {
         let dir = std::env::temp_dir().join(format!("sockhook-replay-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        Replay::new(Some(&dir)).admit("h", "msg_1", 1000).unwrap();
-        let again = Replay::new(Some(&dir)).admit("h", "msg_1", 1010);
+        Replay::new(Some(&dir))
+            .admit("h", "webhook-id", "msg_1", 1000)
+            .unwrap();
+        let again = Replay::new(Some(&dir)).admit("h", "webhook-id", "msg_1", 1010);
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(again.is_err());
     }

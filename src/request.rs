@@ -229,12 +229,18 @@ pub fn decide(
         ..
     } = admitted;
     let body = spool.finish()?;
-    let verified = pending.finish()?;
+    let verified = pending.finish(|| body.map())?;
     // Authenticated: the body no longer counts against the budget.
     drop(reservation);
-    if let Some(id) = &verified.replay_id {
-        shared.replay.admit(&hook.name, id, verify::unix_now())?;
+    for (what, id) in &verified.replay_ids {
+        shared
+            .replay
+            .admit(&hook.name, what, id, verify::unix_now())?;
     }
+    // Svix's and Bitbucket Data Center's header names under the names
+    // `events` and SOCKHOOK_DELIVERY read, and no query token.
+    let canonical = verify::canonical_head(&hook, head);
+    let head = canonical.as_ref().unwrap_or(head);
     if let Err(why) = hook.filters.event(head) {
         return Ok(Accepted::Ignored(why));
     }

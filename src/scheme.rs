@@ -12,6 +12,12 @@ use serde::Deserialize;
 
 /// The prefix of a Standard Webhooks secret; the rest is base64.
 pub const STANDARD_WEBHOOKS_PREFIX: &str = "whsec_";
+/// The prefix of a Standard Webhooks Ed25519 public key (`v1a`); the rest is base64.
+pub const STANDARD_WEBHOOKS_PUBLIC_PREFIX: &str = "whpk_";
+/// The prefix of a Standard Webhooks Ed25519 private key, for `sockhook sign`.
+pub const STANDARD_WEBHOOKS_PRIVATE_PREFIX: &str = "whsk_";
+/// The length of an Ed25519 public key, in bytes (RFC 8032).
+pub const ED25519_PUBLIC_KEY_BYTES: usize = 32;
 
 /// How a hook checks who sent a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -31,13 +37,25 @@ pub enum Scheme {
     Bitbucket,
     /// Standard Webhooks: `webhook-signature` over `id.timestamp.body`.
     StandardWebhooks,
+    /// Stripe: `Stripe-Signature: t=…,v1=<hex HMAC of t.body>`.
+    Stripe,
+    /// Slack: `X-Slack-Signature: v0=<hex HMAC of v0:ts:body>`.
+    Slack,
+    /// Shopify: `X-Shopify-Hmac-Sha256: <base64 HMAC of the body>`.
+    Shopify,
+    /// Linear: `Linear-Signature: <hex HMAC of the body>`.
+    Linear,
+    /// Sentry: `Sentry-Hook-Signature: <hex HMAC of the body>`.
+    Sentry,
+    /// Discord interactions: `X-Signature-Ed25519` over `timestamp` + body.
+    Discord,
     /// No check at all; needs `allow_unauthenticated = true`.
     None,
 }
 
 impl Scheme {
     /// Every scheme, in the order the documentation lists them.
-    pub const ALL: [Scheme; 8] = [
+    pub const ALL: [Scheme; 14] = [
         Scheme::Token,
         Scheme::Github,
         Scheme::Gitea,
@@ -45,6 +63,12 @@ impl Scheme {
         Scheme::Gitlab,
         Scheme::Bitbucket,
         Scheme::StandardWebhooks,
+        Scheme::Stripe,
+        Scheme::Slack,
+        Scheme::Shopify,
+        Scheme::Linear,
+        Scheme::Sentry,
+        Scheme::Discord,
         Scheme::None,
     ];
 
@@ -58,6 +82,12 @@ impl Scheme {
             Scheme::Gitlab => "gitlab",
             Scheme::Bitbucket => "bitbucket",
             Scheme::StandardWebhooks => "standard-webhooks",
+            Scheme::Stripe => "stripe",
+            Scheme::Slack => "slack",
+            Scheme::Shopify => "shopify",
+            Scheme::Linear => "linear",
+            Scheme::Sentry => "sentry",
+            Scheme::Discord => "discord",
             Scheme::None => "none",
         }
     }
@@ -81,6 +111,12 @@ impl Scheme {
             Scheme::Gitlab => Some("X-Gitlab-Token"),
             Scheme::Bitbucket => Some("X-Hub-Signature"),
             Scheme::StandardWebhooks => Some("webhook-signature"),
+            Scheme::Stripe => Some("Stripe-Signature"),
+            Scheme::Slack => Some("X-Slack-Signature"),
+            Scheme::Shopify => Some("X-Shopify-Hmac-Sha256"),
+            Scheme::Linear => Some("Linear-Signature"),
+            Scheme::Sentry => Some("Sentry-Hook-Signature"),
+            Scheme::Discord => Some("X-Signature-Ed25519"),
             Scheme::Token | Scheme::None => None,
         }
     }
@@ -93,7 +129,17 @@ impl Scheme {
             Scheme::Forgejo => Some("x-forgejo-event"),
             Scheme::Gitlab => Some("x-gitlab-event"),
             Scheme::Bitbucket => Some("x-event-key"),
-            Scheme::Token | Scheme::StandardWebhooks | Scheme::None => None,
+            Scheme::Shopify => Some("x-shopify-topic"),
+            Scheme::Linear => Some("linear-event"),
+            Scheme::Sentry => Some("sentry-hook-resource"),
+            // Stripe's event type is in the body (`type`, for `[match]`);
+            // Slack and Discord name none in a header.
+            Scheme::Token
+            | Scheme::StandardWebhooks
+            | Scheme::Stripe
+            | Scheme::Slack
+            | Scheme::Discord
+            | Scheme::None => None,
         }
     }
 
@@ -106,24 +152,71 @@ impl Scheme {
             Scheme::Gitlab => Some("x-gitlab-event-uuid"),
             Scheme::Bitbucket => Some("x-request-uuid"),
             Scheme::StandardWebhooks => Some("webhook-id"),
-            Scheme::Token | Scheme::None => None,
+            Scheme::Shopify => Some("x-shopify-webhook-id"),
+            Scheme::Linear => Some("linear-delivery"),
+            Scheme::Sentry => Some("request-id"),
+            Scheme::Token | Scheme::Stripe | Scheme::Slack | Scheme::Discord | Scheme::None => None,
         }
     }
 
-    /// The MAC key a secret file's bytes stand for: Standard Webhooks secrets
-    /// are `whsec_` and base64, every other scheme uses the bytes as written.
-    pub fn decode_secret(self, bytes: Vec<u8>) -> Result<Secret, BadSecret> {
-        if self != Scheme::StandardWebhooks {
-            return Ok(Secret(bytes));
-        }
-        let encoded = bytes
-            .strip_prefix(STANDARD_WEBHOOKS_PREFIX.as_bytes())
-            .unwrap_or(&bytes);
-        match BASE64.decode(encoded) {
-            Ok(key) if !key.is_empty() => Ok(Secret(key)),
-            _ => Err(BadSecret { scheme: self }),
+    /// Other names a sender uses for a header of this scheme, as `(alias,
+    /// name)`: Svix sends Standard Webhooks under `svix-*`, Bitbucket Data
+    /// Center its delivery id as `X-Request-Id` (Cloud: `X-Request-UUID`).
+    pub fn header_aliases(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Scheme::StandardWebhooks => &[
+                ("svix-id", "webhook-id"),
+                ("svix-timestamp", "webhook-timestamp"),
+                ("svix-signature", "webhook-signature"),
+            ],
+            Scheme::Bitbucket => &[("x-request-id", "x-request-uuid")],
+            _ => &[],
         }
     }
+
+    /// The key a secret file's bytes stand for: a Standard Webhooks secret
+    /// is `whsec_` and base64 (an HMAC key) or `whpk_` and base64 (an Ed25519
+    /// public key); Discord's is the application's public key in hex; every
+    /// other scheme uses the bytes as written (Stripe's `whsec_` included).
+    pub fn decode_secret(self, bytes: Vec<u8>) -> Result<Secret, BadSecret> {
+        let bad = || BadSecret { scheme: self };
+        match self {
+            Scheme::StandardWebhooks => {
+                if let Some(encoded) =
+                    bytes.strip_prefix(STANDARD_WEBHOOKS_PUBLIC_PREFIX.as_bytes())
+                {
+                    return match BASE64.decode(encoded) {
+                        Ok(key) if key.len() == ED25519_PUBLIC_KEY_BYTES => Ok(Secret::public(key)),
+                        _ => Err(bad()),
+                    };
+                }
+                let encoded = bytes
+                    .strip_prefix(STANDARD_WEBHOOKS_PREFIX.as_bytes())
+                    .unwrap_or(&bytes);
+                match BASE64.decode(encoded) {
+                    Ok(key) if !key.is_empty() => Ok(Secret::new(key)),
+                    _ => Err(bad()),
+                }
+            }
+            Scheme::Discord => match unhex(bytes.trim_ascii()) {
+                Some(key) if key.len() == ED25519_PUBLIC_KEY_BYTES => Ok(Secret::public(key)),
+                _ => Err(bad()),
+            },
+            _ => Ok(Secret::new(bytes)),
+        }
+    }
+}
+
+/// Hex of either case to bytes; `None` for odd lengths or other characters.
+pub fn unhex(digits: &[u8]) -> Option<Vec<u8>> {
+    if !digits.len().is_multiple_of(2) {
+        return None;
+    }
+    let nibble = |d: u8| char::from(d).to_digit(16).map(|v| v as u8);
+    digits
+        .chunks_exact(2)
+        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
+        .collect()
 }
 
 /// A secret file whose contents the scheme cannot use.
@@ -138,7 +231,10 @@ impl fmt::Display for BadSecret {
         match self.scheme {
             Scheme::StandardWebhooks => write!(
                 f,
-                "not a Standard Webhooks secret ({STANDARD_WEBHOOKS_PREFIX} and base64)"
+                "not a Standard Webhooks secret ({STANDARD_WEBHOOKS_PREFIX} and base64) or public key ({STANDARD_WEBHOOKS_PUBLIC_PREFIX} and the base64 of 32 bytes)"
+            ),
+            Scheme::Discord => f.write_str(
+                "not an Ed25519 public key in hex (64 digits): copy the application's PUBLIC KEY from Discord's developer portal",
             ),
             other => write!(f, "not a secret for auth = \"{}\"", other.name()),
         }
@@ -169,25 +265,45 @@ pub fn looks_pasted(spec: &str) -> bool {
     })
 }
 
-/// Secret bytes; `Debug` never shows them.
+/// Secret bytes, or an Ed25519 public key; `Debug` never shows them.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Vec<u8>);
+pub struct Secret {
+    bytes: Vec<u8>,
+    public: bool,
+}
 
 impl Secret {
     /// Bytes used as they are, e.g. by `sockhook sign` or a test.
     pub fn new(bytes: Vec<u8>) -> Secret {
-        Secret(bytes)
+        Secret {
+            bytes,
+            public: false,
+        }
     }
 
-    /// The bytes, for computing a MAC.
+    /// An Ed25519 public key (32 bytes), which checks signatures instead of keying a MAC.
+    pub fn public(bytes: Vec<u8>) -> Secret {
+        Secret {
+            bytes,
+            public: true,
+        }
+    }
+
+    /// Whether this is an Ed25519 public key rather than an HMAC key.
+    pub fn is_public_key(&self) -> bool {
+        self.public
+    }
+
+    /// The bytes, for computing a MAC or checking a signature.
     pub fn expose(&self) -> &[u8] {
-        &self.0
+        &self.bytes
     }
 }
 
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret({} bytes)", self.0.len())
+        let kind = if self.public { "PublicKey" } else { "Secret" };
+        write!(f, "{kind}({} bytes)", self.bytes.len())
     }
 }
 
@@ -204,7 +320,7 @@ impl Key {
         if bytes.len() < Key::MIN_BYTES {
             return Err(ShortKey { len: bytes.len() });
         }
-        Ok(Key(Secret(bytes)))
+        Ok(Key(Secret::new(bytes)))
     }
 
     /// The key's bytes.
@@ -252,6 +368,37 @@ mod tests {
         assert!(decode(b"whsec_").is_err());
         assert_eq!(decode(b"whsec_AAEC").unwrap().expose(), [0, 1, 2]);
         assert_eq!(decode(b"AAEC").unwrap().expose(), [0, 1, 2]);
+    }
+
+    #[test]
+    fn standard_webhooks_public_keys_are_32_bytes() {
+        let decode = |s: &str| Scheme::StandardWebhooks.decode_secret(s.as_bytes().to_vec());
+        let key = decode(&format!("whpk_{}", BASE64.encode([7; 32]))).unwrap();
+        assert!(key.is_public_key());
+        assert_eq!(key.expose(), [7; 32]);
+        assert!(decode(&format!("whpk_{}", BASE64.encode([7; 31]))).is_err());
+        assert!(decode("whpk_not base64").is_err());
+        assert!(!decode("whsec_AAEC").unwrap().is_public_key());
+    }
+
+    #[test]
+    fn discord_keys_are_64_hex_digits() {
+        let decode = |s: &str| Scheme::Discord.decode_secret(s.as_bytes().to_vec());
+        let key = decode(&"ab".repeat(32)).unwrap();
+        assert!(key.is_public_key());
+        assert_eq!(key.expose(), [0xab; 32]);
+        assert!(decode(&"ab".repeat(31)).is_err());
+        assert!(decode(&"zz".repeat(32)).is_err());
+    }
+
+    #[test]
+    fn stripe_secrets_are_used_as_written() {
+        // Stripe's whsec_ is part of the HMAC key, unlike Standard Webhooks'.
+        let secret = Scheme::Stripe
+            .decode_secret(b"whsec_AAEC".to_vec())
+            .unwrap();
+        assert_eq!(secret.expose(), b"whsec_AAEC");
+        assert!(!secret.is_public_key());
     }
 
     #[test]

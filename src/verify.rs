@@ -6,23 +6,28 @@
 //! the body is never held in memory. Every comparison is `Mac::verify_slice`,
 //! which runs in constant time.
 
+use std::ops::Deref;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, KeyInit, Mac};
+use ring::signature::{ED25519, UnparsedPublicKey};
 use sha2::Sha256;
 
 use crate::config::{Hook, Problem};
 use crate::error::Refusal;
 use crate::read::Head;
 use crate::replay::MAX_ID_BYTES;
+pub use crate::scheme::unhex;
 use crate::scheme::{Key, Scheme, Secret};
 
 /// How far a Standard Webhooks timestamp may be from now, either way.
 pub const TIMESTAMP_TOLERANCE: Duration = Duration::from_secs(300);
-/// Most signatures considered in one `webhook-signature` header.
+/// Most signatures considered in one `webhook-signature` or `Stripe-Signature` header.
 pub const MAX_SIGNATURES: usize = 8;
+/// The length of an Ed25519 signature, in bytes (RFC 8032).
+pub const ED25519_SIGNATURE_BYTES: usize = 64;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -47,53 +52,173 @@ pub fn standard_webhooks_signature(key: &[u8], id: &str, timestamp: u64, body: &
 pub enum Pending {
     /// Nothing: the sender is authenticated by the head alone.
     Done,
-    /// The body's MAC must match one of the signatures the sender gave.
-    Body(BodyMac),
+    /// A signature over the body (and what the sender put before it) must match.
+    Body(BodyCheck),
 }
 
-/// A MAC over the body, computed while the body streams in.
-pub struct BodyMac {
-    mac: HmacSha256,
-    /// Signatures the sender gave; one must match.
+/// A signature check over the body: HMACs computed while the body streams
+/// in, and Ed25519 signatures checked once it is complete.
+pub struct BodyCheck {
+    /// One HMAC per secret, fed what precedes the body, then the body.
+    macs: Vec<HmacSha256>,
+    /// MACs the sender gave; one must match one of `macs`.
     expected: Vec<Vec<u8>>,
-    /// The delivery id the signature covers (Standard Webhooks).
-    delivery: Option<String>,
+    /// Ed25519 public keys.
+    keys: Vec<Vec<u8>>,
+    /// Ed25519 signatures the sender gave; one must verify under one of `keys`.
+    signatures: Vec<Vec<u8>>,
+    /// What the sender signed before the body, for the Ed25519 check.
+    prefix: Vec<u8>,
+    /// What a replay of this delivery would repeat.
+    replay: ReplayKey,
+}
+
+/// What identifies a delivery for the replay check.
+enum ReplayKey {
+    /// Nothing: the sender's scheme has no replay protection (GitHub and the
+    /// other forges sign neither a time nor an id).
+    None,
+    /// The sender's signed delivery id (Standard Webhooks).
+    Signed(String),
+    /// A signed timestamp (Stripe, Slack, Discord): the delivery is
+    /// `{scheme} {timestamp}` and the signature that matched.
+    Stamped(Scheme, u64),
+    /// The body alone is signed (Shopify, Linear, Sentry): the signature that
+    /// matched, and the sender's unsigned delivery id if it sent one.
+    Body(Scheme, Option<String>),
 }
 
 /// An authenticated request.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Verified {
-    /// A signed delivery id, which must not be accepted twice (Standard Webhooks).
-    pub replay_id: Option<String>,
+    /// What must not be accepted twice, each as (what it is, for the log;
+    /// the id): signed delivery ids, and for senders that sign no id, the
+    /// signature that matched.
+    pub replay_ids: Vec<(String, String)>,
 }
 
 impl Pending {
     /// Adds the next piece of the body.
     pub fn update(&mut self, piece: &[u8]) {
-        if let Pending::Body(body) = self {
-            body.mac.update(piece);
+        if let Pending::Body(check) = self {
+            check.macs.iter_mut().for_each(|mac| mac.update(piece));
         }
     }
 
     /// The verdict once the whole body went through [`Pending::update`]:
-    /// compared in constant time with each signature the sender gave.
-    pub fn finish(self) -> Result<Verified, Refusal> {
-        let body = match self {
-            Pending::Done => return Ok(Verified { replay_id: None }),
-            Pending::Body(body) => body,
+    /// each MAC compared in constant time with each the sender gave, then,
+    /// if none matched, each Ed25519 signature checked. `body` gives the
+    /// whole body, which ring's Ed25519 check takes as one slice after what
+    /// the sender signed before it (ring has no streaming interface); it is
+    /// asked for only then.
+    pub fn finish<B: Deref<Target = [u8]>>(
+        self,
+        body: impl FnOnce() -> Result<B, Refusal>,
+    ) -> Result<Verified, Refusal> {
+        let check = match self {
+            Pending::Done => return Ok(Verified { replay_ids: vec![] }),
+            Pending::Body(check) => check,
         };
-        let matched = body
+        let mut matched = check
             .expected
             .iter()
-            .any(|expected| body.mac.clone().verify_slice(expected).is_ok());
-        if !matched {
-            return Err(Refusal::unauthorized(
-                "signature does not match the body (wrong secret, or the body was altered)",
-            ));
+            .find(|expected| {
+                check
+                    .macs
+                    .iter()
+                    .any(|mac| mac.clone().verify_slice(expected).is_ok())
+            })
+            .cloned();
+        if matched.is_none() && !check.keys.is_empty() && !check.signatures.is_empty() {
+            // One copy of the mapped body, bounded by max_body, made only for a
+            // request whose headers passed; the spool's budget does not count it.
+            let body = body()?;
+            let mut message = check.prefix;
+            message.extend_from_slice(&body);
+            matched = check
+                .signatures
+                .iter()
+                .find(|signature| {
+                    check.keys.iter().any(|key| {
+                        UnparsedPublicKey::new(&ED25519, key)
+                            .verify(&message, signature)
+                            .is_ok()
+                    })
+                })
+                .cloned();
         }
-        Ok(Verified {
-            replay_id: body.delivery,
-        })
+        let Some(matched) = matched else {
+            let secret = if check.macs.is_empty() {
+                "wrong public key"
+            } else if check.keys.is_empty() {
+                "wrong secret"
+            } else {
+                "wrong secret or public key"
+            };
+            return Err(Refusal::unauthorized(format!(
+                "signature does not match the body ({secret}, or the body was altered)"
+            )));
+        };
+        let this =
+            |scheme: Scheme| format!("this {}", scheme.signature_header().unwrap_or("signature"));
+        let replay_ids = match check.replay {
+            ReplayKey::None => vec![],
+            ReplayKey::Signed(id) => vec![("webhook-id".to_owned(), id)],
+            ReplayKey::Stamped(scheme, t) => vec![(
+                this(scheme),
+                format!("{} {t} {}", scheme.name(), hex(&matched)),
+            )],
+            ReplayKey::Body(scheme, id) => {
+                let mut ids = vec![(
+                    this(scheme),
+                    format!("{} body {}", scheme.name(), hex(&matched)),
+                )];
+                let header = scheme.delivery_header().unwrap_or("id");
+                ids.extend(id.map(|id| (header.to_owned(), format!("{} id {id}", scheme.name()))));
+                ids
+            }
+        };
+        Ok(Verified { replay_ids })
+    }
+}
+
+impl BodyCheck {
+    /// A check of MACs keyed with each of `secrets` (public keys skipped),
+    /// over `prefix` and the body.
+    fn macs(secrets: &[Secret], prefix: &[u8], expected: Vec<Vec<u8>>) -> BodyCheck {
+        let macs = secrets
+            .iter()
+            .filter(|s| !s.is_public_key())
+            .map(|s| {
+                let mut mac = keyed(s.expose());
+                mac.update(prefix);
+                mac
+            })
+            .collect();
+        BodyCheck {
+            macs,
+            expected,
+            keys: vec![],
+            signatures: vec![],
+            prefix: prefix.to_vec(),
+            replay: ReplayKey::None,
+        }
+    }
+
+    /// Adds Ed25519 `signatures` over `prefix` and the body, checked with
+    /// each public key among `secrets`.
+    fn ed25519(mut self, secrets: &[Secret], signatures: Vec<Vec<u8>>) -> BodyCheck {
+        self.keys = secrets
+            .iter()
+            .filter(|s| s.is_public_key())
+            .map(|s| s.expose().to_vec())
+            .collect();
+        self.signatures = signatures;
+        self
+    }
+
+    fn replay(self, replay: ReplayKey) -> BodyCheck {
+        BodyCheck { replay, ..self }
     }
 }
 
@@ -109,7 +234,7 @@ pub fn before_body(
         Scheme::None => Ok(Pending::Done),
         Scheme::Token => {
             let key = key.map_err(|problem| Refusal::HookBroken(problem.clone()))?;
-            let presented = presented_token(head)?;
+            let presented = presented_token(head, hook.token_in_query)?;
             if token_matches(key, &head.path, &presented) {
                 Ok(Pending::Done)
             } else {
@@ -142,14 +267,44 @@ pub fn before_body(
         Scheme::Gitlab => {
             let value =
                 single(head, "x-gitlab-token").map_err(|e| e.into_refusal("X-Gitlab-Token"))?;
-            let secret = secret(hook)?;
-            let mut presented = keyed(secret.expose());
-            presented.update(value);
-            presented
-                .verify_slice(&mac(secret.expose(), secret.expose()))
-                .map(|()| Pending::Done)
-                .map_err(|_| Refusal::unauthorized("X-Gitlab-Token does not match the secret"))
+            let matches = secrets(hook)?.iter().any(|secret| {
+                let mut presented = keyed(secret.expose());
+                presented.update(value);
+                presented
+                    .verify_slice(&mac(secret.expose(), secret.expose()))
+                    .is_ok()
+            });
+            if matches {
+                Ok(Pending::Done)
+            } else {
+                Err(Refusal::unauthorized(
+                    "X-Gitlab-Token does not match the secret",
+                ))
+            }
         }
+        Scheme::Stripe => stripe(hook, head),
+        Scheme::Slack => slack(hook, head),
+        Scheme::Shopify => {
+            let value = text(head, "X-Shopify-Hmac-Sha256")?;
+            let expected = BASE64
+                .decode(value.trim())
+                .ok()
+                .filter(|mac| mac.len() == 32)
+                .ok_or_else(|| {
+                    Refusal::unauthorized("X-Shopify-Hmac-Sha256 is not the base64 of 32 bytes")
+                })?;
+            body_only(hook, head, expected, "x-shopify-webhook-id")
+        }
+        Scheme::Linear | Scheme::Sentry => {
+            let name = hook.scheme.signature_header().unwrap_or_default();
+            let value = text(head, name)?;
+            let expected = unhex(value.trim().as_bytes())
+                .filter(|mac| mac.len() == 32)
+                .ok_or_else(|| Refusal::unauthorized(format!("{name} is not 64 hex digits")))?;
+            let id = hook.scheme.delivery_header().unwrap_or_default();
+            body_only(hook, head, expected, id)
+        }
+        Scheme::Discord => discord(hook, head),
     }
 }
 
@@ -166,66 +321,245 @@ fn body_mac(hook: &Hook, hex_digits: &[u8], header: &str) -> Result<Pending, Ref
     let expected = unhex(hex_digits)
         .filter(|bytes| bytes.len() == 32)
         .ok_or_else(|| Refusal::unauthorized(format!("{header} is not 64 hex digits")))?;
-    Ok(Pending::Body(BodyMac {
-        mac: keyed(secret(hook)?.expose()),
-        expected: vec![expected],
-        delivery: None,
-    }))
+    Ok(Pending::Body(BodyCheck::macs(
+        secrets(hook)?,
+        b"",
+        vec![expected],
+    )))
+}
+
+/// An HMAC of the body alone (Shopify, Linear, Sentry). Nothing else is
+/// signed, so the replay check remembers the MAC itself, and the sender's
+/// delivery id (header `id`) if present: it repeats on the sender's own
+/// duplicate deliveries.
+fn body_only(hook: &Hook, head: &Head, expected: Vec<u8>, id: &str) -> Result<Pending, Refusal> {
+    let id = match single(head, id) {
+        Ok(value) => Some(delivery_id(id, value)?),
+        Err(Missing::None) => None,
+        Err(repeated) => return Err(repeated.into_refusal(id)),
+    };
+    let check = BodyCheck::macs(secrets(hook)?, b"", vec![expected])
+        .replay(ReplayKey::Body(hook.scheme, id));
+    Ok(Pending::Body(check))
+}
+
+/// A delivery id as the replay file keeps it: 1 to 256 printable characters.
+fn delivery_id(name: &str, value: &[u8]) -> Result<String, Refusal> {
+    match std::str::from_utf8(value) {
+        Ok(id)
+            if !id.is_empty()
+                && id.len() <= MAX_ID_BYTES
+                && id.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            Ok(id.to_owned())
+        }
+        _ => Err(Refusal::unauthorized(format!(
+            "{name} must be 1 to {MAX_ID_BYTES} printable characters"
+        ))),
+    }
+}
+
+/// Stripe: `Stripe-Signature: t=<unix>,v1=<hex>[,v1=<hex>…]`, the HMAC of
+/// `{t}.{body}` keyed with the endpoint secret as written (`whsec_` included).
+/// Other schemes (`v0`, test mode) are ignored, as Stripe's libraries do.
+fn stripe(hook: &Hook, head: &Head) -> Result<Pending, Refusal> {
+    const NAME: &str = "Stripe-Signature";
+    let value = text(head, NAME)?;
+    let (mut t, mut v1) = (None, Vec::new());
+    for item in value.split(',').take(2 * MAX_SIGNATURES) {
+        match item.trim().split_once('=') {
+            Some(("t", _)) if t.is_some() => {
+                return Err(Refusal::unauthorized(format!("{NAME} has more than one t")));
+            }
+            Some(("t", stamp)) => t = Some(stamp),
+            Some(("v1", signature)) => v1.push(signature),
+            _ => {}
+        }
+    }
+    let t = t.ok_or_else(|| Refusal::unauthorized(format!("{NAME} has no t=")))?;
+    let timestamp = seconds(&format!("{NAME} t"), t)?;
+    let expected: Vec<Vec<u8>> = v1
+        .iter()
+        .filter_map(|s| unhex(s.as_bytes()))
+        .filter(|mac| mac.len() == 32)
+        .collect();
+    if expected.is_empty() {
+        return Err(Refusal::unauthorized(format!(
+            "{NAME} has no v1 signature of 64 hex digits"
+        )));
+    }
+    let prefix = format!("{timestamp}.");
+    let check = BodyCheck::macs(secrets(hook)?, prefix.as_bytes(), expected)
+        .replay(ReplayKey::Stamped(Scheme::Stripe, timestamp));
+    Ok(Pending::Body(check))
+}
+
+/// Slack: `X-Slack-Signature: v0=<hex>`, the HMAC of `v0:{ts}:{body}` with
+/// `ts` from `X-Slack-Request-Timestamp`.
+fn slack(hook: &Hook, head: &Head) -> Result<Pending, Refusal> {
+    const NAME: &str = "X-Slack-Signature";
+    let stamp = text(head, "X-Slack-Request-Timestamp")?;
+    let timestamp = seconds("X-Slack-Request-Timestamp", stamp)?;
+    let value = text(head, NAME)?;
+    let digits = value
+        .strip_prefix("v0=")
+        .ok_or_else(|| Refusal::unauthorized(format!("{NAME} does not start with v0=")))?;
+    let expected = unhex(digits.as_bytes())
+        .filter(|mac| mac.len() == 32)
+        .ok_or_else(|| Refusal::unauthorized(format!("{NAME} is not v0= and 64 hex digits")))?;
+    let prefix = format!("v0:{stamp}:");
+    let check = BodyCheck::macs(secrets(hook)?, prefix.as_bytes(), vec![expected])
+        .replay(ReplayKey::Stamped(Scheme::Slack, timestamp));
+    Ok(Pending::Body(check))
+}
+
+/// Discord interactions: `X-Signature-Ed25519` (hex), Ed25519 over
+/// `X-Signature-Timestamp` followed by the body, checked with the
+/// application's public key.
+fn discord(hook: &Hook, head: &Head) -> Result<Pending, Refusal> {
+    const NAME: &str = "X-Signature-Ed25519";
+    let signature = text(head, NAME)?;
+    let signature = unhex(signature.trim().as_bytes())
+        .filter(|s| s.len() == ED25519_SIGNATURE_BYTES)
+        .ok_or_else(|| Refusal::unauthorized(format!("{NAME} is not 128 hex digits")))?;
+    let stamp = text(head, "X-Signature-Timestamp")?;
+    let timestamp = seconds("X-Signature-Timestamp", stamp)?;
+    let check = BodyCheck::macs(&[], stamp.as_bytes(), vec![])
+        .ed25519(secrets(hook)?, vec![signature])
+        .replay(ReplayKey::Stamped(Scheme::Discord, timestamp));
+    Ok(Pending::Body(check))
 }
 
 /// Standard Webhooks 1.0: `webhook-id`, `webhook-timestamp` within the
-/// tolerance, and `webhook-signature` holding `v1,<base64>` entries of which
-/// one must be the HMAC of `id.timestamp.body`.
+/// tolerance, and `webhook-signature` holding `v1,<base64>` entries (HMAC,
+/// `whsec_` secrets) or `v1a,<base64>` entries (Ed25519, `whpk_` public
+/// keys), of which one must sign `id.timestamp.body`. Svix's `svix-*`
+/// header names are accepted where the `webhook-*` ones are missing.
 fn standard_webhooks(hook: &Hook, head: &Head) -> Result<Pending, Refusal> {
     let field = |name: &str| {
-        single(head, name)
-            .map_err(|e| e.into_refusal(name))
-            .and_then(|v| {
-                std::str::from_utf8(v)
-                    .map_err(|_| Refusal::unauthorized(format!("{name} is not UTF-8")))
-            })
+        let alias = Scheme::StandardWebhooks
+            .header_aliases()
+            .iter()
+            .find(|(_, canonical)| *canonical == name)
+            .map(|(alias, _)| *alias);
+        let value = match (single(head, name), alias) {
+            (Err(Missing::None), Some(alias)) => single(head, alias).map_err(|e| match e {
+                Missing::None => Refusal::unauthorized(format!("no {name} header (nor {alias})")),
+                repeated => repeated.into_refusal(alias),
+            }),
+            (found, _) => found.map_err(|e| e.into_refusal(name)),
+        }?;
+        std::str::from_utf8(value)
+            .map_err(|_| Refusal::unauthorized(format!("{name} is not UTF-8")))
     };
     let id = field("webhook-id")?;
-    if id.is_empty() || id.len() > MAX_ID_BYTES || !id.bytes().all(|b| b.is_ascii_graphic()) {
+    let id = delivery_id("webhook-id", id.as_bytes())?;
+    let timestamp = seconds("webhook-timestamp", field("webhook-timestamp")?)?;
+    let secrets = secrets(hook)?;
+    let (hmac, ed25519) = (
+        secrets.iter().any(|s| !s.is_public_key()),
+        secrets.iter().any(Secret::is_public_key),
+    );
+    let entries = || field("webhook-signature").map(|v| v.split_whitespace().take(MAX_SIGNATURES));
+    let decoded = |version: &str, len: usize| -> Result<Vec<Vec<u8>>, Refusal> {
+        Ok(entries()?
+            .filter_map(|entry| entry.strip_prefix(version))
+            .filter_map(|encoded| BASE64.decode(encoded).ok())
+            .filter(|signature| signature.len() == len)
+            .collect())
+    };
+    let expected = if hmac { decoded("v1,", 32)? } else { vec![] };
+    let signatures = if ed25519 {
+        decoded("v1a,", ED25519_SIGNATURE_BYTES)?
+    } else {
+        vec![]
+    };
+    if expected.is_empty() && signatures.is_empty() {
+        let wanted = match (hmac, ed25519) {
+            (true, false) => "v1 signature of 32 bytes",
+            (false, true) => "v1a signature of 64 bytes (the hook's secret is a whpk_ public key)",
+            _ => "v1 signature of 32 bytes or v1a signature of 64 bytes",
+        };
         return Err(Refusal::unauthorized(format!(
-            "webhook-id must be 1 to {MAX_ID_BYTES} printable characters"
+            "webhook-signature has no {wanted}"
         )));
     }
-    let timestamp: u64 = field("webhook-timestamp")?
+    let prefix = format!("{id}.{timestamp}.");
+    let check = BodyCheck::macs(secrets, prefix.as_bytes(), expected)
+        .ed25519(secrets, signatures)
+        .replay(ReplayKey::Signed(id));
+    Ok(Pending::Body(check))
+}
+
+/// A timestamp header's Unix seconds, if within [`TIMESTAMP_TOLERANCE`] of now.
+fn seconds(name: &str, value: &str) -> Result<u64, Refusal> {
+    let timestamp: u64 = value
         .parse()
-        .map_err(|_| Refusal::unauthorized("webhook-timestamp is not a number of seconds"))?;
+        .ok()
+        .filter(|_| value.bytes().all(|b| b.is_ascii_digit()))
+        .ok_or_else(|| Refusal::unauthorized(format!("{name} is not a number of seconds")))?;
     let (now, tolerance) = (unix_now(), TIMESTAMP_TOLERANCE.as_secs());
     if now.saturating_sub(timestamp) > tolerance {
         return Err(Refusal::unauthorized(format!(
-            "webhook-timestamp is {} s old, tolerance {tolerance} s",
+            "{name} is {} s old, tolerance {tolerance} s",
             now - timestamp
         )));
     }
     if timestamp.saturating_sub(now) > tolerance {
         return Err(Refusal::unauthorized(format!(
-            "webhook-timestamp is {} s in the future, tolerance {tolerance} s",
+            "{name} is {} s in the future, tolerance {tolerance} s",
             timestamp - now
         )));
     }
-    let expected: Vec<Vec<u8>> = field("webhook-signature")?
-        .split_whitespace()
-        .take(MAX_SIGNATURES)
-        .filter_map(|entry| entry.strip_prefix("v1,"))
-        .filter_map(|encoded| BASE64.decode(encoded).ok())
-        .filter(|signature| signature.len() == 32)
+    Ok(timestamp)
+}
+
+/// A header that must appear exactly once, as UTF-8.
+fn text<'h>(head: &'h Head, name: &str) -> Result<&'h str, Refusal> {
+    let value = single(head, &name.to_ascii_lowercase()).map_err(|e| e.into_refusal(name))?;
+    std::str::from_utf8(value).map_err(|_| Refusal::unauthorized(format!("{name} is not UTF-8")))
+}
+
+/// `name=value` pairs of a query, as sent (a token is hex: nothing to decode).
+fn query_params(query: Option<&str>) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .map(|pair| pair.split_once('=').unwrap_or((pair, "")))
+}
+
+/// `head` as the command sees it, if that differs: with the scheme's
+/// canonical header names added where the sender used an alias (Svix's
+/// `svix-id`, Bitbucket Data Center's `X-Request-Id`), so that `events` and
+/// `SOCKHOOK_DELIVERY` find them, and without a query token, which is a
+/// credential and must not reach `SOCKHOOK_QUERY`.
+pub fn canonical_head(hook: &Hook, head: &Head) -> Option<Head> {
+    let query_token =
+        hook.token_in_query && query_params(head.query.as_deref()).any(|(n, _)| n == QUERY_TOKEN);
+    let added: Vec<(String, Vec<u8>)> = hook
+        .scheme
+        .header_aliases()
+        .iter()
+        .filter(|(_, canonical)| head.header(canonical).is_none())
+        .filter_map(|(alias, canonical)| {
+            Some(((*canonical).to_owned(), head.header(alias)?.to_vec()))
+        })
         .collect();
-    if expected.is_empty() {
-        return Err(Refusal::unauthorized(
-            "webhook-signature has no v1 signature of 32 bytes",
-        ));
+    if added.is_empty() && !query_token {
+        return None;
     }
-    let mut mac = keyed(secret(hook)?.expose());
-    mac.update(format!("{id}.{timestamp}.").as_bytes());
-    Ok(Pending::Body(BodyMac {
-        mac,
-        expected,
-        delivery: Some(id.to_owned()),
-    }))
+    let mut head = head.clone();
+    head.headers.extend(added);
+    if query_token {
+        let kept: Vec<&str> = head
+            .query
+            .iter()
+            .flat_map(|q| q.split('&'))
+            .filter(|pair| pair.split_once('=').map_or(*pair, |(n, _)| n) != QUERY_TOKEN)
+            .collect();
+        head.query = Some(kept.join("&")).filter(|q| !q.is_empty());
+    }
+    Some(head)
 }
 
 fn keyed(key: &[u8]) -> HmacSha256 {
@@ -239,14 +573,16 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn secret(hook: &Hook) -> Result<&Secret, Refusal> {
+fn secrets(hook: &Hook) -> Result<&[Secret], Refusal> {
     // INVARIANT of `Hook`: a scheme that needs a secret has one.
-    hook.secret.as_ref().ok_or_else(|| {
-        Refusal::HookBroken(Problem {
-            path: hook.name.clone().into(),
-            message: "no secret loaded".into(),
+    Some(hook.secrets.as_slice())
+        .filter(|secrets| !secrets.is_empty())
+        .ok_or_else(|| {
+            Refusal::HookBroken(Problem {
+                path: hook.name.clone().into(),
+                message: "no secret loaded".into(),
+            })
         })
-    })
 }
 
 /// Whether `presented` is the token of `path` or of a `/`-terminated prefix of it.
@@ -270,10 +606,20 @@ fn scopes(path: &str) -> impl Iterator<Item = &str> {
     std::iter::once(path).chain(prefixes.collect::<Vec<_>>().into_iter().rev())
 }
 
-/// The token a client sent: the Basic-auth user name, or a Bearer token.
-fn presented_token(head: &Head) -> Result<String, Refusal> {
+/// The query parameter that carries a token where a hook allows it (`token_in_query`).
+pub const QUERY_TOKEN: &str = "token";
+
+/// The token a client sent: the Basic-auth user name, or a Bearer token, or
+/// (when `in_query`, and no `Authorization` was sent) the query parameter `token`.
+fn presented_token(head: &Head, in_query: bool) -> Result<String, Refusal> {
     let missing = || Refusal::Unauthorized {
-        reason: "no token; send it as the Basic-auth user name or as a Bearer token".into(),
+        reason: if in_query {
+            format!(
+                "no token; send it as the Basic-auth user name, as a Bearer token, or as ?{QUERY_TOKEN}="
+            )
+        } else {
+            "no token; send it as the Basic-auth user name or as a Bearer token".into()
+        },
         challenge: true,
     };
     let bad = |why: &str| Refusal::Unauthorized {
@@ -282,6 +628,14 @@ fn presented_token(head: &Head) -> Result<String, Refusal> {
     };
     let value = match single(head, "authorization") {
         Ok(value) => value,
+        Err(Missing::None) if in_query => {
+            let mut tokens = query_params(head.query.as_deref()).filter(|(n, _)| *n == QUERY_TOKEN);
+            return match (tokens.next(), tokens.next()) {
+                (Some((_, token)), None) => Ok(token.to_owned()),
+                (None, _) => Err(missing()),
+                (Some(_), Some(_)) => Err(bad("more than one token parameter in the query")),
+            };
+        }
         Err(Missing::None) => return Err(missing()),
         Err(Missing::Repeated) => return Err(bad("more than one Authorization header")),
     };
@@ -332,7 +686,8 @@ fn single<'h>(head: &'h Head, name: &str) -> Result<&'h [u8], Missing> {
     }
 }
 
-fn mac(key: &[u8], data: &[u8]) -> Vec<u8> {
+/// HMAC-SHA256(key, data).
+pub fn mac(key: &[u8], data: &[u8]) -> Vec<u8> {
     let mut mac = keyed(key);
     mac.update(data);
     mac.finalize().into_bytes().to_vec()
@@ -345,18 +700,6 @@ pub fn hex(bytes: &[u8]) -> String {
         .iter()
         .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
         .map(char::from)
-        .collect()
-}
-
-/// Hex of either case to bytes; `None` for odd lengths or other characters.
-pub fn unhex(digits: &[u8]) -> Option<Vec<u8>> {
-    if !digits.len().is_multiple_of(2) {
-        return None;
-    }
-    let nibble = |d: u8| char::from(d).to_digit(16).map(|v| v as u8);
-    digits
-        .chunks_exact(2)
-        .map(|pair| Some(nibble(pair[0])? << 4 | nibble(pair[1])?))
         .collect()
 }
 

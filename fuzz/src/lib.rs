@@ -9,6 +9,8 @@ use std::io::{self, Read};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use sockhook::internals::{
     self as verify, Framing, Head, Hook, Key, MAX_HEADERS, MAX_TARGET_BYTES, Match, Pending,
     Problem, Reader, STANDARD_WEBHOOKS_PREFIX, Scheme, Source,
@@ -25,6 +27,9 @@ pub const KEY: &[u8] = b"0123456789abcdef";
 pub const SECRET: &str = "It's a Secret to Everybody";
 /// The Standard Webhooks hook's secret (the specification's example).
 pub const WHSEC: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+/// The Ed25519 private key (seed) whose public key the Discord and
+/// Standard Webhooks v1a hooks hold.
+pub const ED25519_SEED: [u8; 32] = [0x5e; 32];
 /// In a `signature_headers` value, replaced by the right signature or token.
 pub const RIGHT_SIGNATURE: &[u8] = b"!sig";
 /// Starting a `signature_headers` value, `~N` becomes the Unix time now plus N seconds.
@@ -108,7 +113,7 @@ impl Source for Pieces<'_> {
 }
 
 /// The hooks `signature_headers` picks from, by the input's first byte minus `'0'`.
-const SCHEMES: [&str; 7] = [
+const SCHEMES: [&str; 14] = [
     "token",
     "github",
     "gitea",
@@ -116,10 +121,19 @@ const SCHEMES: [&str; 7] = [
     "gitlab",
     "bitbucket",
     "standard-webhooks",
+    "stripe",
+    "slack",
+    "shopify",
+    "linear",
+    "sentry",
+    "discord",
+    // Standard Webhooks with a whpk_ public key (v1a).
+    "standard-webhooks-v1a",
 ];
 
-/// The header names a record picks from, by its first byte minus `'0'`; `'9'` is body.
-const NAMES: [&str; 9] = [
+/// The header names a record picks from, by its first byte minus `'0'`,
+/// modulo their number; the empty name (`'9'`) is body.
+const NAMES: [&str; 23] = [
     "authorization",
     "x-hub-signature-256",
     "x-hub-signature",
@@ -129,6 +143,20 @@ const NAMES: [&str; 9] = [
     "webhook-id",
     "webhook-timestamp",
     "webhook-signature",
+    "",
+    "stripe-signature",
+    "x-slack-signature",
+    "x-slack-request-timestamp",
+    "x-shopify-hmac-sha256",
+    "x-shopify-webhook-id",
+    "linear-signature",
+    "linear-delivery",
+    "sentry-hook-signature",
+    "x-signature-ed25519",
+    "x-signature-timestamp",
+    "svix-id",
+    "svix-timestamp",
+    "svix-signature",
 ];
 
 /// `before_body` and, when it asks for one, the body MAC, on a head built from the input.
@@ -141,16 +169,17 @@ pub fn signature_headers(data: &[u8]) {
     let Some((&pick, records)) = data.split_first() else {
         return;
     };
-    let hook = &hooks()[usize::from(pick.wrapping_sub(b'0') & 0x7f) % SCHEMES.len()];
+    let which = usize::from(pick.wrapping_sub(b'0') & 0x7f) % SCHEMES.len();
+    let hook = &hooks()[which];
     let key = Key::new(KEY.to_vec()).unwrap();
     let (mut headers, mut body) = (Vec::new(), Vec::new());
     for record in records.split(|&b| b == b'\n') {
         let Some((&name, value)) = record.split_first() else {
             continue;
         };
-        match NAMES.get(usize::from(name.wrapping_sub(b'0')) % (NAMES.len() + 1)) {
-            Some(name) => headers.push((name.to_string(), now_plus(value))),
-            None => body.extend_from_slice(value),
+        match NAMES[usize::from(name.wrapping_sub(b'0')) % NAMES.len()] {
+            "" => body.extend_from_slice(value),
+            name => headers.push((name.to_string(), now_plus(value))),
         }
     }
     let path = format!("/hooks/{}", hook.name);
@@ -178,7 +207,7 @@ pub fn signature_headers(data: &[u8]) {
     };
     let verdict = verify::before_body(hook, &head, key).and_then(|mut pending: Pending| {
         body.chunks(5).for_each(|piece| pending.update(piece));
-        pending.finish()
+        pending.finish(|| Ok(body.as_slice()))
     });
     let presented = |name: &str| {
         let mut values = head.headers.iter().filter(|(n, _)| n == name);
@@ -214,6 +243,77 @@ pub fn signature_headers(data: &[u8]) {
             assert!(right_sent, "wrong signature accepted");
         }
     }
+    only_right_accepted(which, &head.headers, &body, verdict.is_ok());
+}
+
+/// For the schemes whose signature covers a timestamp or sits among others
+/// (Stripe, Slack, Shopify, Linear, Sentry, Discord, Standard Webhooks v1a):
+/// accepted only if the right signature was among those presented.
+fn only_right_accepted(which: usize, headers: &[(String, Vec<u8>)], body: &[u8], accepted: bool) {
+    let field = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+            .unwrap_or("")
+    };
+    let mac = |prefix: &str| verify::mac(SECRET.as_bytes(), &[prefix.as_bytes(), body].concat());
+    let signed = |prefix: &str| {
+        let (_, signature) =
+            verify::ed25519_sign(&ED25519_SEED, &[prefix.as_bytes(), body].concat()).unwrap();
+        signature
+    };
+    let right_sent = match SCHEMES[which] {
+        "stripe" => {
+            let value = field("stripe-signature");
+            let t = value
+                .split(',')
+                .find_map(|item| item.trim().strip_prefix("t="))
+                .unwrap_or("");
+            let right = verify::hex(&mac(&format!("{}.", t.parse::<u64>().unwrap_or(0))));
+            value
+                .split(',')
+                .filter_map(|item| item.trim().strip_prefix("v1="))
+                .any(|v| v.eq_ignore_ascii_case(&right))
+        }
+        "slack" => {
+            let right = mac(&format!("v0:{}:", field("x-slack-request-timestamp")));
+            field("x-slack-signature")
+                .strip_prefix("v0=")
+                .and_then(|v| verify::unhex(v.as_bytes()))
+                .is_some_and(|v| v == right)
+        }
+        "shopify" => {
+            let value = field("x-shopify-hmac-sha256").trim();
+            BASE64.decode(value).is_ok_and(|v| v == mac(""))
+        }
+        "linear" => {
+            verify::unhex(field("linear-signature").trim().as_bytes()).is_some_and(|v| v == mac(""))
+        }
+        "sentry" => verify::unhex(field("sentry-hook-signature").trim().as_bytes())
+            .is_some_and(|v| v == mac("")),
+        "discord" => verify::unhex(field("x-signature-ed25519").trim().as_bytes())
+            .is_some_and(|v| v == signed(field("x-signature-timestamp"))),
+        "standard-webhooks-v1a" => {
+            let pick = |name: &str, alias: &str| match field(name) {
+                "" => field(alias),
+                value => value,
+            };
+            let prefix = format!(
+                "{}.{}.",
+                pick("webhook-id", "svix-id"),
+                pick("webhook-timestamp", "svix-timestamp")
+            );
+            let right = format!("v1a,{}", BASE64.encode(signed(&prefix)));
+            pick("webhook-signature", "svix-signature")
+                .split_whitespace()
+                .any(|entry| entry == right)
+        }
+        _ => return,
+    };
+    if accepted {
+        assert!(right_sent, "{}: wrong signature accepted", SCHEMES[which]);
+    }
 }
 
 /// The value that makes `hook` accept the request: bare hex, base64 or secret.
@@ -224,7 +324,7 @@ fn right_signature(
     headers: &[(String, Vec<u8>)],
     body: &[u8],
 ) -> Vec<u8> {
-    let secret = hook.secret.as_ref().map_or(&[][..], |s| s.expose());
+    let secret = hook.secrets.first().map_or(&[][..], |s| s.expose());
     let field = |name: &str| {
         headers
             .iter()
@@ -234,19 +334,56 @@ fn right_signature(
     match hook.scheme {
         Scheme::Token => verify::token(key, path).into_bytes(),
         Scheme::Gitlab => secret.to_vec(),
+        Scheme::StandardWebhooks if hook.secrets.iter().any(|s| s.is_public_key()) => {
+            let id = field("webhook-id").or(field("svix-id")).unwrap_or("");
+            let timestamp = field("webhook-timestamp").or(field("svix-timestamp"));
+            let prefix = format!("{id}.{}.", timestamp.unwrap_or(""));
+            let (_, signature) =
+                verify::ed25519_sign(&ED25519_SEED, &[prefix.as_bytes(), body].concat()).unwrap();
+            BASE64.encode(signature).into_bytes()
+        }
         Scheme::StandardWebhooks => {
-            let id = field("webhook-id").unwrap_or("");
-            let timestamp = field("webhook-timestamp").and_then(|t| t.parse().ok());
+            let id = field("webhook-id").or(field("svix-id")).unwrap_or("");
+            let timestamp = field("webhook-timestamp").or(field("svix-timestamp"));
+            let timestamp = timestamp.and_then(|t| t.parse().ok());
             let signature =
                 verify::standard_webhooks_signature(secret, id, timestamp.unwrap_or(0), body);
             signature.trim_start_matches("v1,").as_bytes().to_vec()
+        }
+        Scheme::Stripe => {
+            let t = field("stripe-signature")
+                .and_then(|v| v.split(',').find_map(|i| i.trim().strip_prefix("t=")))
+                .and_then(|t| t.parse::<u64>().ok())
+                .unwrap_or(0);
+            let signed = [format!("{t}.").as_bytes(), body].concat();
+            verify::hex(&verify::mac(secret, &signed)).into_bytes()
+        }
+        Scheme::Slack => {
+            let ts = field("x-slack-request-timestamp").unwrap_or("");
+            let signed = [format!("v0:{ts}:").as_bytes(), body].concat();
+            verify::hex(&verify::mac(secret, &signed)).into_bytes()
+        }
+        Scheme::Shopify => BASE64.encode(verify::mac(secret, body)).into_bytes(),
+        Scheme::Discord => {
+            let ts = field("x-signature-timestamp").unwrap_or("");
+            let (_, signature) =
+                verify::ed25519_sign(&ED25519_SEED, &[ts.as_bytes(), body].concat()).unwrap();
+            verify::hex(&signature).into_bytes()
         }
         _ => verify::body_signature(secret, body).into_bytes(),
     }
 }
 
-/// `~N` as the decimal Unix time now plus N seconds; other values unchanged.
+/// `~N` as the decimal Unix time now plus N seconds (also after a leading
+/// `t=`, as in `Stripe-Signature`); other values unchanged.
 fn now_plus(value: &[u8]) -> Vec<u8> {
+    if let Some(rest) = value.strip_prefix(b"t=") {
+        let (stamp, tail) =
+            rest.split_at(rest.iter().position(|&b| b == b',').unwrap_or(rest.len()));
+        if stamp.first() == Some(&NOW_PLUS) {
+            return [b"t=".as_slice(), &now_plus(stamp), tail].concat();
+        }
+    }
     let offset = value
         .strip_prefix(&[NOW_PLUS])
         .and_then(|v| std::str::from_utf8(v).ok())
@@ -288,15 +425,23 @@ fn hooks() -> &'static [Arc<Hook>] {
         let dir = std::env::temp_dir().join(format!("sockhook-fuzz-{}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         let (secret, whsec) = (dir.join("secret"), dir.join("whsec"));
+        let (public_hex, whpk) = (dir.join("public-hex"), dir.join("whpk"));
+        let (public, _) = verify::ed25519_sign(&ED25519_SEED, b"").unwrap();
         fs::write(&secret, format!("{SECRET}\n")).unwrap();
         fs::write(&whsec, format!("{WHSEC}\n")).unwrap();
+        fs::write(&public_hex, verify::hex(&public)).unwrap();
+        fs::write(&whpk, format!("whpk_{}", BASE64.encode(&public))).unwrap();
         for name in SCHEMES {
-            let secret = match name {
-                "token" => String::new(),
-                "standard-webhooks" => format!("secret = {:?}\n", whsec.display().to_string()),
-                _ => format!("secret = {:?}\n", secret.display().to_string()),
+            let file =
+                |path: &std::path::Path| format!("secret = {:?}\n", path.display().to_string());
+            let (auth, secret) = match name {
+                "token" => (name, String::new()),
+                "standard-webhooks" => (name, file(&whsec)),
+                "standard-webhooks-v1a" => ("standard-webhooks", file(&whpk)),
+                "discord" => (name, file(&public_hex)),
+                _ => (name, file(&secret)),
             };
-            let text = format!("command = [\"/bin/true\"]\nauth = \"{name}\"\n{secret}");
+            let text = format!("command = [\"/bin/true\"]\nauth = \"{auth}\"\n{secret}");
             fs::write(dir.join(format!("{name}.toml")), text).unwrap();
         }
         let loaded = verify::load(&dir, None);
@@ -334,20 +479,26 @@ pub fn token(data: &[u8]) {
     }
 }
 
-/// The Standard Webhooks secret decoding on the input, with and without the `whsec_` prefix.
+/// The Standard Webhooks secret decoding on the input, with and without the
+/// `whsec_` prefix; a `whpk_` input must give a 32-byte public key or nothing.
 pub fn standard_webhooks_secret(data: &[u8]) {
     let decode = |bytes: &[u8]| {
         Scheme::StandardWebhooks
             .decode_secret(bytes.to_vec())
-            .map(|s| s.expose().to_vec())
+            .map(|s| (s.is_public_key(), s.expose().to_vec()))
     };
     let key = decode(data);
-    if let Ok(key) = &key {
+    let public = data.starts_with(b"whpk_");
+    if let Ok((is_public, key)) = &key {
+        assert_eq!(*is_public, public, "whpk_ decides the kind of key");
+        if public {
+            assert_eq!(key.len(), 32, "an Ed25519 public key is 32 bytes");
+        }
         assert!(!key.is_empty());
         let signature = verify::standard_webhooks_signature(key, "msg_1", 1, data);
         assert!(signature.starts_with("v1,") && signature.len() == 47);
     }
-    if !data.starts_with(STANDARD_WEBHOOKS_PREFIX.as_bytes()) {
+    if !data.starts_with(STANDARD_WEBHOOKS_PREFIX.as_bytes()) && !public {
         let prefixed = [STANDARD_WEBHOOKS_PREFIX.as_bytes(), data].concat();
         assert_eq!(decode(&prefixed), key);
     }
