@@ -709,3 +709,109 @@ fn okhttp_sees_the_result_the_failure_and_the_stream() {
         "{shown}"
     );
 }
+
+/// Runs `tests/senders/sign.py ARGS` (the senders' own libraries) with `stdin`.
+fn sign_py(args: &[&str], stdin: &[u8]) -> std::process::Output {
+    let signer = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/senders/sign.py");
+    let mut child = Command::new("python3")
+        .arg(signer)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    output_within(child, PATIENCE)
+}
+
+/// A Discord interactions endpoint end to end: Discord's PING must be
+/// answered `{"type":1}` synchronously, a slash command with the reply the
+/// command prints; both signed with Ed25519 by PyNaCl, as Discord signs.
+#[test]
+fn a_discord_interaction_is_answered_by_the_command() {
+    let have = Command::new("python3")
+        .args(["-c", "import nacl.signing"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true, but PyNaCl is not installed (.ci/run installs it)"
+        );
+        eprintln!("skipped: PyNaCl is not installed");
+        return;
+    }
+    let f = Fixture::new("after-run-discord");
+    let seed = f.dir.join("discord.seed");
+    fs::write(
+        &seed,
+        "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+    )
+    .unwrap();
+    let public = sign_py(&["public", "discord", seed.to_str().unwrap()], b"");
+    assert!(public.status.success(), "{public:?}");
+    let key = f.dir.join("discord.pub");
+    fs::write(&key, &public.stdout).unwrap();
+    let script = f.script(
+        "interactions.sh",
+        r#"body=$(cat)
+case "$body" in
+  *'"type":1'*) printf '{"type":1}' ;;
+  *) printf '{"type":4,"data":{"content":"deployed main"}}' ;;
+esac"#,
+    );
+    f.hook(
+        "discord",
+        &format!(
+            "command = [{script:?}]\nauth = \"discord\"\nsecret = {key:?}\nrespond = \"after-run\"\ncontent_type = \"application/json\"\n"
+        ),
+    );
+    let server = f.serve_guarded(&[]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    for (body, reply_body) in [
+        (r#"{"id":"1","type":1}"#, r#"{"type":1}"#),
+        (
+            r#"{"id":"2","type":2,"data":{"name":"deploy"}}"#,
+            r#"{"type":4,"data":{"content":"deployed main"}}"#,
+        ),
+    ] {
+        let signed = sign_py(
+            &["sign", "discord", seed.to_str().unwrap(), &now, "-"],
+            body.as_bytes(),
+        );
+        assert!(signed.status.success(), "{signed:?}");
+        let headers = String::from_utf8(signed.stdout).unwrap();
+        let headers: Vec<&str> = headers.lines().collect();
+        assert!(
+            headers
+                .iter()
+                .any(|h| h.starts_with("X-Signature-Ed25519: ")),
+            "{headers:?}"
+        );
+        let mut all = headers.clone();
+        all.push("Content-Type: application/json");
+        let reply = server.post("/hooks/discord", &all, body.as_bytes());
+        assert_eq!(reply.status(), 200, "{reply:?}\n{}", server.log());
+        assert_eq!(
+            reply.header("content-type").as_deref(),
+            Some("application/json")
+        );
+        assert_eq!(reply.body(), reply_body);
+    }
+    // A forged interaction: 401, nothing runs.
+    let forged = server.post(
+        "/hooks/discord",
+        &[
+            &format!("X-Signature-Ed25519: {}", "0".repeat(128)),
+            &format!("X-Signature-Timestamp: {now}"),
+        ],
+        br#"{"id":"3","type":1}"#,
+    );
+    assert_eq!(forged.status(), 401, "{forged:?}");
+    assert_eq!(server.log().matches(" started").count(), 2);
+}
