@@ -269,7 +269,7 @@ static STATE: Opt = Opt {
 static JOURNAL_KEEP: Opt = Opt {
     name: "journal-keep",
     value: "N",
-    help: "Finished deliveries kept per hook; older ones are removed as new ones come [default: 100]",
+    help: "Deliveries kept per hook, the newest included; when a new one comes, the oldest finished ones past N are removed [default: 100]",
     set: |a, v| put(&mut a.journal_keep, count("journal-keep", v)?),
 };
 

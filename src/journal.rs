@@ -47,8 +47,8 @@ use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -61,7 +61,8 @@ use crate::{info, warning};
 
 /// The first line of every entry: the format and its version.
 pub const FORMAT: &str = "sockhook-delivery 1";
-/// Finished deliveries kept per hook unless `--journal-keep` says otherwise.
+/// Deliveries kept per hook, the newest included, unless `--journal-keep`
+/// says otherwise; only finished ones are removed.
 pub const DEFAULT_KEEP: usize = 100;
 /// Bytes the journal may hold unless `--journal-max-bytes` says otherwise.
 pub const DEFAULT_MAX_BYTES: u64 = 256 * 1024 * 1024;
@@ -77,6 +78,78 @@ pub struct Journal {
     keep: usize,
     max_bytes: u64,
     sequence: AtomicU64,
+    /// What this process knows of the entries; `None` until first needed.
+    index: Arc<Mutex<Option<Index>>>,
+    /// Syncs of the directory, shared by the deliveries that wait for one.
+    dir_sync: DirSync,
+}
+
+/// The entries on disk as this process knows them: listed once, then kept
+/// up to date by its own writes, outcomes and removals, so that a delivery
+/// costs no listing of the directory. Listed again when it says there is no
+/// room, since other processes (`replay`, `Accept=yes`) write there too.
+#[derive(Default)]
+struct Index {
+    files: BTreeMap<SortKey, EntryFile>,
+}
+
+impl Index {
+    fn total(&self) -> u64 {
+        self.files.values().map(|f| f.size).sum()
+    }
+}
+
+/// A lock on the index; a poisoned one is still the index.
+fn lock_index(index: &Mutex<Option<Index>>) -> MutexGuard<'_, Option<Index>> {
+    index.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Group commit of the directory's fsync: a delivery renamed into place
+/// waits for a sync that started after its rename, and one sync serves
+/// every delivery renamed before it started.
+#[derive(Default)]
+struct DirSync {
+    state: Mutex<SyncState>,
+    done: Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Renames so far; each takes the next number.
+    renamed: u64,
+    /// Every rename up to this number is synced.
+    synced: u64,
+    /// A sync is running.
+    running: bool,
+}
+
+impl DirSync {
+    /// Returns once the rename just made (by the caller) is on disk.
+    fn after_rename(&self, dir: &Path) -> io::Result<()> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.renamed += 1;
+        let mine = state.renamed;
+        loop {
+            if state.synced >= mine {
+                return Ok(());
+            }
+            if !state.running {
+                state.running = true;
+                let covers = state.renamed;
+                drop(state);
+                let synced = File::open(dir).and_then(|d| d.sync_all());
+                state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                state.running = false;
+                if synced.is_ok() {
+                    state.synced = state.synced.max(covers);
+                }
+                self.done.notify_all();
+                synced?;
+                continue;
+            }
+            state = self.done.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 /// A journaled delivery, as read back.
@@ -121,6 +194,8 @@ pub struct Pending {
     id: String,
     name: String,
     deliveries: PathBuf,
+    /// The index to tell that it has an outcome.
+    index: Arc<Mutex<Option<Index>>>,
     _lock: Flock<File>,
 }
 
@@ -141,6 +216,12 @@ impl Pending {
                 "delivery {}: unable to journal its outcome ({e}); it will run again",
                 self.id
             );
+            return;
+        }
+        if let Some(index) = lock_index(&self.index).as_mut()
+            && let Some(file) = index.files.get_mut(&sort_key(&self.name))
+        {
+            file.finished = true;
         }
     }
 }
@@ -154,6 +235,8 @@ impl Journal {
             keep,
             max_bytes,
             sequence: AtomicU64::new(0),
+            index: Arc::default(),
+            dir_sync: DirSync::default(),
         }
     }
 
@@ -195,7 +278,6 @@ impl Journal {
     ) -> Result<Pending, Refusal> {
         let hook = &job.hook().name;
         let body_len = job.body().len();
-        self.make_room(body_len)?;
         let received_ms = now_ms();
         let id = format!(
             "{received_ms}-{}-{}",
@@ -223,26 +305,33 @@ impl Journal {
             ));
         }
         head.push_str(&format!("body {body_len}\n\n"));
+        let size = head.len() as u64 + body_len;
+        self.make_room(&name, hook, size)?;
         let tmp = self.deliveries.join(format!("{name}.tmp"));
-        let stored = self.write_entry(&tmp, head.as_bytes(), job);
+        let path = self.deliveries.join(format!("{name}.entry"));
+        let stored = self
+            .write_entry(&tmp, head.as_bytes(), job)
+            .and_then(|lock| {
+                fs::rename(&tmp, &path)?;
+                self.dir_sync.after_rename(&self.deliveries)?;
+                Ok(lock)
+            });
         let lock = match stored {
             Ok(lock) => lock,
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
+                let _ = fs::remove_file(&path);
+                if let Some(index) = lock_index(&self.index).as_mut() {
+                    index.files.remove(&sort_key(&name));
+                }
                 return Err(Refusal::NotStored(e));
             }
         };
-        let path = self.deliveries.join(format!("{name}.entry"));
-        fs::rename(&tmp, &path)
-            .and_then(|()| File::open(&self.deliveries)?.sync_all())
-            .map_err(|e| {
-                let _ = fs::remove_file(&tmp);
-                Refusal::NotStored(e)
-            })?;
         Ok(Pending {
             id,
             name,
             deliveries: self.deliveries.clone(),
+            index: Arc::clone(&self.index),
             _lock: lock,
         })
     }
@@ -263,47 +352,86 @@ impl Journal {
         Ok(file)
     }
 
-    /// Frees room for `bytes` more: drops the oldest finished entries past
-    /// `keep` per hook and past the size cap; refused when pending entries
-    /// alone leave no room.
-    fn make_room(&self, bytes: u64) -> Result<(), Refusal> {
-        let files = self.files().map_err(Refusal::NotStored)?;
-        let mut per_hook: HashMap<&str, usize> = HashMap::new();
-        let mut total: u64 = files.iter().map(|f| f.size).sum();
-        let mut doomed = Vec::new();
-        // Newest first: past `keep` per hook, finished entries go.
-        for file in files.iter().rev() {
-            let seen = per_hook.entry(file.hook.as_str()).or_default();
-            *seen += 1;
-            if *seen > self.keep && file.finished {
-                doomed.push(file);
-                total -= file.size;
-            }
+    /// Makes room for entry `name` of `hook`, `size` bytes, and counts it in
+    /// the index: drops the oldest finished entries past `keep` per hook and
+    /// past the size cap; refused when pending entries alone leave no room.
+    fn make_room(&self, name: &str, hook: &str, size: u64) -> Result<(), Refusal> {
+        let mut guard = lock_index(&self.index);
+        let fresh = guard.is_none();
+        if fresh {
+            *guard = Some(self.read_index().map_err(Refusal::NotStored)?);
         }
-        // Oldest first: finished entries go until the new one fits.
-        for file in &files {
-            if total.saturating_add(bytes) <= self.max_bytes {
-                break;
-            }
-            if file.finished && !doomed.iter().any(|d| d.name == file.name) {
-                doomed.push(file);
-                total -= file.size;
-            }
+        let index = guard.as_mut().expect("just filled");
+        let mut left = self.prune(index, size);
+        if left > self.max_bytes && !fresh {
+            // Another process may have removed entries: look again.
+            *index = self.read_index().map_err(Refusal::NotStored)?;
+            left = self.prune(index, size);
         }
-        for file in doomed {
-            let _ = fs::remove_file(self.deliveries.join(format!("{}.entry", file.name)));
-            let _ = fs::remove_file(self.deliveries.join(format!("{}.outcome", file.name)));
-        }
-        if total.saturating_add(bytes) > self.max_bytes {
+        if left > self.max_bytes {
             return Err(Refusal::NotStored(io::Error::new(
                 io::ErrorKind::StorageFull,
                 format!(
-                    "the journal is full: pending deliveries hold {total} bytes of its {} (--journal-max-bytes)",
+                    "the journal is full: pending deliveries hold {} bytes of its {} (--journal-max-bytes)",
+                    left - size,
                     self.max_bytes
                 ),
             )));
         }
+        index.files.insert(
+            sort_key(name),
+            EntryFile {
+                name: name.to_owned(),
+                hook: hook.to_owned(),
+                size,
+                finished: false,
+            },
+        );
         Ok(())
+    }
+
+    /// Removes the finished entries that must go for `size` more bytes;
+    /// returns the bytes the journal would then hold, `size` included.
+    fn prune(&self, index: &mut Index, size: u64) -> u64 {
+        let mut per_hook: HashMap<&str, usize> = HashMap::new();
+        let mut doomed: Vec<SortKey> = Vec::new();
+        // Newest first: past `keep` per hook, finished entries go.
+        for (key, file) in index.files.iter().rev() {
+            let seen = per_hook.entry(file.hook.as_str()).or_default();
+            *seen += 1;
+            if *seen >= self.keep && file.finished {
+                doomed.push(key.clone());
+            }
+        }
+        let mut total = index.total() - doomed.iter().map(|k| index.files[k].size).sum::<u64>();
+        // Oldest first: finished entries go until the new one fits.
+        for (key, file) in &index.files {
+            if total.saturating_add(size) <= self.max_bytes {
+                break;
+            }
+            if file.finished && !doomed.contains(key) {
+                doomed.push(key.clone());
+                total -= file.size;
+            }
+        }
+        for key in doomed {
+            if let Some(file) = index.files.remove(&key) {
+                let _ = fs::remove_file(self.deliveries.join(format!("{}.entry", file.name)));
+                let _ = fs::remove_file(self.deliveries.join(format!("{}.outcome", file.name)));
+            }
+        }
+        total.saturating_add(size)
+    }
+
+    /// The index as the directory shows it now.
+    fn read_index(&self) -> io::Result<Index> {
+        Ok(Index {
+            files: self
+                .files()?
+                .into_iter()
+                .map(|f| (sort_key(&f.name), f))
+                .collect(),
+        })
     }
 
     /// Every entry file, oldest first, with its size and whether it has an outcome.
@@ -576,6 +704,7 @@ impl Journal {
                 id: entry.id.clone(),
                 name,
                 deliveries: self.deliveries.clone(),
+                index: Arc::clone(&self.index),
                 _lock: lock,
             };
             taken.push((entry, pending));
@@ -648,8 +777,11 @@ struct EntryFile {
     finished: bool,
 }
 
+/// An entry's place in arrival order.
+type SortKey = (u64, u64, u64, String);
+
 /// Orders entry names by arrival: `MILLISECONDS-PID-SEQUENCE` numerically.
-fn sort_key(name: &str) -> (u64, u64, u64, String) {
+fn sort_key(name: &str) -> SortKey {
     let id = name.split('_').next().unwrap_or_default();
     let mut parts = id.split('-').map(|p| p.parse().unwrap_or(u64::MAX));
     (
