@@ -543,7 +543,10 @@ fn run_once(shared: &Shared, job: Job, watches: &Watches) -> Outcome {
         );
     }
 
-    let stopping = shared.lock().stopping;
+    // systemd's stop signals the whole cgroup at once: the run may die of it
+    // before the event loop has read the same signal and stopped the
+    // runner, so a stop signal still pending counts as the stop too.
+    let stopping = shared.lock().stopping || stop_signal_pending();
     let stopped = stopping && matches!(&status, Ok(s) if s.signal().is_some());
     match &status {
         Ok(status) if status.success() && !timed_out => {
@@ -609,6 +612,25 @@ fn spawn(
     // `command` holds the pipes' write ends; dropping it lets the readers see EOF.
     drop(command);
     Ok((stdout, stderr, child))
+}
+
+/// Whether SIGTERM or SIGINT has been sent to sockhook and not yet read
+/// from its signalfd (both are blocked in every thread, so they wait there).
+#[allow(unsafe_code)]
+fn stop_signal_pending() -> bool {
+    use nix::libc;
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigpending writes a whole sigset_t to the pointer, which points
+    // to space for one; it is only read below when the call succeeded.
+    if unsafe { libc::sigpending(set.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: sigpending returned 0, so it initialised the set.
+    let set = unsafe { set.assume_init() };
+    // SAFETY: sigismember only reads the initialised set.
+    unsafe {
+        libc::sigismember(&set, libc::SIGTERM) == 1 || libc::sigismember(&set, libc::SIGINT) == 1
+    }
 }
 
 /// Starts the command in a session of its own (so also a process group of

@@ -378,15 +378,9 @@ impl Journal {
                 ),
             )));
         }
-        index.files.insert(
-            sort_key(name),
-            EntryFile {
-                name: name.to_owned(),
-                hook: hook.to_owned(),
-                size,
-                finished: false,
-            },
-        );
+        index
+            .files
+            .insert(sort_key(name), EntryFile::pending(name, hook, size));
         Ok(())
     }
 
@@ -449,15 +443,7 @@ impl Journal {
                     continue;
                 };
                 let size = dirent.metadata().map_or(0, |m| m.len());
-                entries.insert(
-                    sort_key(name),
-                    EntryFile {
-                        name: name.to_owned(),
-                        hook: hook.to_owned(),
-                        size,
-                        finished: false,
-                    },
-                );
+                entries.insert(sort_key(name), EntryFile::pending(name, hook, size));
             } else if let Some(name) = file_name.strip_suffix(".outcome") {
                 outcomes.push(name.to_owned());
             }
@@ -775,6 +761,18 @@ struct EntryFile {
     hook: String,
     size: u64,
     finished: bool,
+}
+
+impl EntryFile {
+    /// Entry `name` of `hook`, `size` bytes, with no outcome (yet).
+    fn pending(name: &str, hook: &str, size: u64) -> EntryFile {
+        EntryFile {
+            name: name.to_owned(),
+            hook: hook.to_owned(),
+            size,
+            finished: false,
+        }
+    }
 }
 
 /// An entry's place in arrival order.

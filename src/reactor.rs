@@ -522,12 +522,14 @@ pub fn run(
                         .and_then(|s| Signal::try_from(s.ssi_signo as i32).ok())
                         .map_or("a stop signal", Signal::as_str);
                     if !stopping {
+                        // First: a run that dies of the same signal meanwhile
+                        // must find the runner stopping (see act::run_once).
+                        shared.runner.stop();
                         info!(
                             "received {signal}: no new connections; finishing the ones in progress"
                         );
                         stopping = true;
                         reactor.stop_accepting();
-                        shared.runner.stop();
                     }
                 }
                 WAKE => {

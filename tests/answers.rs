@@ -12,24 +12,11 @@ mod support;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::harness::*;
-
-/// Writes hook `name` running `command` with token auth and `extra` keys;
-/// returns its `Authorization` header line.
-fn hook(f: &Fixture, name: &str, command: &Path, extra: &str) -> String {
-    f.hook(
-        name,
-        &format!("command = [{command:?}]\nauth = \"token\"\n{extra}"),
-    );
-    format!(
-        "Authorization: Bearer {}",
-        f.token(&format!("/hooks/{name}"))
-    )
-}
 
 /// The gate file of fixture `f`: gated scripts wait until it exists.
 fn gate(f: &Fixture) -> PathBuf {
@@ -105,7 +92,7 @@ fn raw_body(reply: &Reply) -> &[u8] {
 fn after_run_exit_0_is_200_with_the_exact_stdout() {
     let f = Fixture::new("after-run-ok");
     let script = f.script("ok.sh", "printf 'restarted kodi\\n'; cat >/dev/null");
-    let auth = hook(&f, "ok", &script, "respond = \"after-run\"\n");
+    let auth = f.token_hook("ok", &script, "respond = \"after-run\"\n");
     let server = f.serve(&[]);
     let reply = server.post("/hooks/ok", &[&auth], b"press");
     assert_eq!(reply.status(), 200, "{reply:?}");
@@ -131,8 +118,7 @@ fn after_run_exit_0_is_200_with_the_exact_stdout() {
 fn after_run_content_type_is_the_hooks() {
     let f = Fixture::new("after-run-json");
     let script = f.script("json.sh", "printf '{\"type\":1}'");
-    let auth = hook(
-        &f,
+    let auth = f.token_hook(
         "json",
         &script,
         "respond = \"after-run\"\ncontent_type = \"application/json\"\n",
@@ -151,8 +137,7 @@ fn after_run_content_type_is_the_hooks() {
 fn after_run_exit_3_mapped_is_409_and_logged_as_a_failure() {
     let f = Fixture::new("after-run-409");
     let script = f.script("conflict.sh", "echo 'already deploying'; exit 3");
-    let auth = hook(
-        &f,
+    let auth = f.token_hook(
         "deploy",
         &script,
         "respond = \"after-run\"\nexit_status = { 3 = 409, 4 = 422 }\n",
@@ -170,8 +155,7 @@ fn after_run_exit_3_mapped_is_409_and_logged_as_a_failure() {
 fn after_run_a_2xx_mapping_does_not_make_a_failed_run_a_success_in_the_log() {
     let f = Fixture::new("after-run-2xx");
     let script = f.script("nothing.sh", "exit 2");
-    let auth = hook(
-        &f,
+    let auth = f.token_hook(
         "nothing",
         &script,
         "respond = \"after-run\"\nexit_status = { 2 = 200 }\n",
@@ -197,7 +181,7 @@ fn after_run_a_2xx_mapping_does_not_make_a_failed_run_a_success_in_the_log() {
 fn after_run_other_failures_are_502_with_the_reason() {
     let f = Fixture::new("after-run-502");
     let script = f.script("fail.sh", "echo 'Unit kodi.service not found.' >&2; exit 5");
-    let auth = hook(&f, "fail", &script, "respond = \"after-run\"\n");
+    let auth = f.token_hook("fail", &script, "respond = \"after-run\"\n");
     let server = f.serve(&[]);
     let reply = server.post("/hooks/fail", &[&auth], b"");
     assert_eq!(reply.status(), 502, "{reply:?}");
@@ -211,8 +195,7 @@ fn after_run_other_failures_are_502_with_the_reason() {
 fn after_run_include_stderr_puts_the_error_in_the_answer() {
     let f = Fixture::new("after-run-stderr");
     let script = f.script("fail.sh", "echo 'Unit kodi.service not found.' >&2; exit 5");
-    let auth = hook(
-        &f,
+    let auth = f.token_hook(
         "fail",
         &script,
         "respond = \"after-run\"\ninclude_stderr = true\n",
@@ -230,7 +213,7 @@ fn after_run_a_command_that_cannot_start_is_500_with_the_reason() {
     let script = f.dir.join("orphan.sh");
     fs::write(&script, "#!/nonexistent/interpreter\n").unwrap();
     fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let auth = hook(&f, "orphan", &script, "respond = \"after-run\"\n");
+    let auth = f.token_hook("orphan", &script, "respond = \"after-run\"\n");
     let server = f.serve(&[]);
     let reply = server.post("/hooks/orphan", &[&auth], b"");
     assert_eq!(reply.status(), 500, "{reply:?}");
@@ -246,8 +229,7 @@ fn after_run_a_command_that_cannot_start_is_500_with_the_reason() {
 fn after_run_a_timed_out_run_is_504() {
     let f = Fixture::new("after-run-504");
     let script = f.script("hang.sh", "exec sleep 60");
-    let auth = hook(
-        &f,
+    let auth = f.token_hook(
         "hang",
         &script,
         "respond = \"after-run\"\ntimeout = 1\nrespond_timeout = 20\n",
@@ -266,8 +248,7 @@ fn after_run_past_respond_timeout_is_202_and_the_run_completes() {
         "slow.sh",
         &format!("{}\necho finished > {}", wait_for_gate(&f), done.display()),
     );
-    let auth = hook(
-        &f,
+    let auth = f.token_hook(
         "slow",
         &script,
         "respond = \"after-run\"\nrespond_timeout = 1\n",
@@ -298,7 +279,7 @@ fn after_run_a_client_that_goes_away_does_not_stop_the_run() {
         "slow.sh",
         &format!("{}\necho finished > {}", wait_for_gate(&f), done.display()),
     );
-    let auth = hook(&f, "slow", &script, "respond = \"after-run\"\n");
+    let auth = f.token_hook("slow", &script, "respond = \"after-run\"\n");
     let server = f.serve_guarded(&[]);
     let stream = send(&server, "slow", &auth, b"");
     server.wait_log("run ", 1);
@@ -309,7 +290,7 @@ fn after_run_a_client_that_goes_away_does_not_stop_the_run() {
     assert_eq!(fs::read_to_string(&done).unwrap(), "finished\n");
     // The process is fine afterwards.
     let script = f.script("ok.sh", "echo ok");
-    let ok = hook(&f, "ok", &script, "respond = \"after-run\"\n");
+    let ok = f.token_hook("ok", &script, "respond = \"after-run\"\n");
     let reply = server.post("/hooks/ok", &[&ok], b"");
     assert_eq!(reply.status(), 200, "{reply:?}");
     assert_eq!(reply.body(), "ok\n");
@@ -323,7 +304,7 @@ fn after_run_output_over_the_cap_is_cut_with_a_marker() {
         "loud.sh",
         "i=0; while [ $i -lt 1000 ]; do printf '%099d\\n' $i; i=$((i+1)); done",
     );
-    let auth = hook(&f, "loud", &script, "respond = \"after-run\"\n");
+    let auth = f.token_hook("loud", &script, "respond = \"after-run\"\n");
     let server = f.serve(&[]);
     let reply = server.post("/hooks/loud", &[&auth], b"");
     assert_eq!(reply.status(), 200);
@@ -345,7 +326,7 @@ fn after_run_clients_during_a_run_get_the_result_of_the_follow_up_run() {
         "gated.sh",
         &format!("{}\necho \"pid $$ body $(cat)\"", wait_for_gate(&f)),
     );
-    let auth = hook(&f, "gated", &script, "respond = \"after-run\"\n");
+    let auth = f.token_hook("gated", &script, "respond = \"after-run\"\n");
     let server = f.serve_guarded(&[]);
     let mut first = send(&server, "gated", &auth, b"b0");
     server.wait_log("started", 1);
@@ -394,7 +375,7 @@ fn stream_sends_the_first_chunk_before_the_run_ends() {
             wait_for_gate(&f)
         ),
     );
-    let auth = hook(&f, "deploy", &script, "respond = \"stream\"\n");
+    let auth = f.token_hook("deploy", &script, "respond = \"stream\"\n");
     let server = f.serve_guarded(&[]);
     let mut stream = send(&server, "deploy", &auth, b"");
     stream.set_read_timeout(Some(PATIENCE)).unwrap();
@@ -432,7 +413,7 @@ fn stream_sends_the_first_chunk_before_the_run_ends() {
 fn stream_a_failing_run_says_so_in_the_trailer() {
     let f = Fixture::new("stream-fail");
     let script = f.script("fail.sh", "echo 'building'; exit 4");
-    let auth = hook(&f, "fail", &script, "respond = \"stream\"\n");
+    let auth = f.token_hook("fail", &script, "respond = \"stream\"\n");
     let server = f.serve(&[]);
     let reply = server.post("/hooks/fail", &[&auth], b"");
     assert_eq!(reply.status(), 200, "{reply:?}");
@@ -448,7 +429,7 @@ fn stream_a_command_that_cannot_start_is_500() {
     let script = f.dir.join("orphan.sh");
     fs::write(&script, "#!/nonexistent/interpreter\n").unwrap();
     fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-    let auth = hook(&f, "orphan", &script, "respond = \"stream\"\n");
+    let auth = f.token_hook("orphan", &script, "respond = \"stream\"\n");
     let server = f.serve(&[]);
     let reply = server.post("/hooks/orphan", &[&auth], b"");
     assert_eq!(reply.status(), 500, "{reply:?}");
@@ -464,7 +445,7 @@ fn stream_output_over_the_cap_is_cut_with_a_marker() {
         "loud.sh",
         "i=0; while [ $i -lt 2000 ]; do printf '%0999d\\n' $i; i=$((i+1)); done",
     );
-    let auth = hook(&f, "loud", &script, "respond = \"stream\"\n");
+    let auth = f.token_hook("loud", &script, "respond = \"stream\"\n");
     let server = f.serve(&[]);
     let reply = server.post("/hooks/loud", &[&auth], b"");
     assert_eq!(reply.status(), 200);
@@ -480,7 +461,7 @@ fn stream_output_over_the_cap_is_cut_with_a_marker() {
 fn a_key_that_needs_after_run_is_refused_before_run() {
     let f = Fixture::new("answer-keys");
     let script = f.script("ok.sh", "true");
-    let auth = hook(&f, "ok", &script, "respond_timeout = 3\n");
+    let auth = f.token_hook("ok", &script, "respond_timeout = 3\n");
     let server = f.serve(&[]);
     let reply = server.post("/hooks/ok", &[&auth], b"");
     assert_eq!(reply.status(), 500, "{reply:?}");
@@ -506,7 +487,7 @@ fn a_key_that_needs_after_run_is_refused_before_run() {
             "exit_status: 1 = 100 is not a status from 200 to 599",
         ),
     ] {
-        hook(&f, "ok", &script, extra);
+        f.token_hook("ok", &script, extra);
         let out = Command::new(BIN)
             .arg("check")
             .arg("--hooks")
@@ -532,10 +513,9 @@ fn curl_sees_the_result_and_the_failure() {
         "echo 'Failed to restart kodi.service' >&2; exit 1",
     );
     let token_ok = f.token("/hooks/ok");
-    hook(&f, "ok", &ok, "respond = \"after-run\"\n");
+    f.token_hook("ok", &ok, "respond = \"after-run\"\n");
     let token_fail = f.token("/hooks/fail");
-    hook(
-        &f,
+    f.token_hook(
         "fail",
         &fail,
         "respond = \"after-run\"\ninclude_stderr = true\n",
@@ -580,15 +560,14 @@ fn python_requests_sees_the_result_and_the_stream() {
     let f = Fixture::new("after-run-python");
     let ok = f.script("ok.sh", "echo 'kodi restarted'");
     let token_ok = f.token("/hooks/ok");
-    hook(
-        &f,
+    f.token_hook(
         "ok",
         &ok,
         "respond = \"after-run\"\nexit_status = { 0 = 201 }\n",
     );
     let streamed = f.script("streamed.sh", "echo one; echo two; exit 3");
     let token_stream = f.token("/hooks/streamed");
-    hook(&f, "streamed", &streamed, "respond = \"stream\"\n");
+    f.token_hook("streamed", &streamed, "respond = \"stream\"\n");
     let server = f.serve_guarded(&[]);
     let program = format!(
         r#"
@@ -655,14 +634,13 @@ fn okhttp_sees_the_result_the_failure_and_the_stream() {
     let f = Fixture::new("after-run-okhttp");
     let ok = f.script("ok.sh", "echo 'kodi restarted'");
     let token_ok = f.token("/hooks/ok");
-    hook(&f, "ok", &ok, "respond = \"after-run\"\n");
+    f.token_hook("ok", &ok, "respond = \"after-run\"\n");
     let fail = f.script(
         "fail.sh",
         "echo 'Failed to restart kodi.service: Unit kodi.service not found.' >&2; exit 5",
     );
     let token_fail = f.token("/hooks/fail");
-    hook(
-        &f,
+    f.token_hook(
         "fail",
         &fail,
         "respond = \"after-run\"\ninclude_stderr = true\n",
@@ -672,7 +650,7 @@ fn okhttp_sees_the_result_the_failure_and_the_stream() {
         "echo 'pulling'; echo 'restarting'; echo 'done'",
     );
     let token_deploy = f.token("/hooks/deploy");
-    hook(&f, "deploy", &deploy, "respond = \"stream\"\n");
+    f.token_hook("deploy", &deploy, "respond = \"stream\"\n");
     let server = f.serve_guarded(&[]);
     let button = |name: &str, token: &str, stream: bool| {
         let url = format!("http://{}/hooks/{name}", server.addr);

@@ -9,7 +9,6 @@ mod support;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -18,18 +17,6 @@ use support::harness::*;
 
 /// Idle time before the server exits, in tests that look at the exit code.
 const IDLE: &str = "1";
-
-/// Writes hook `name` running `command` with token auth; returns its Bearer header.
-fn token_hook(f: &Fixture, name: &str, command: &Path, extra: &str) -> String {
-    f.hook(
-        name,
-        &format!("command = [{command:?}]\nauth = \"token\"\n{extra}"),
-    );
-    format!(
-        "Authorization: Bearer {}",
-        f.token(&format!("/hooks/{name}"))
-    )
-}
 
 /// A script that saves its stdin in `NAME.stdin` (exits non-zero if reading fails).
 fn stdin_saver(f: &Fixture, name: &str) -> std::path::PathBuf {
@@ -164,7 +151,7 @@ fn one_run_per_accepted_request() {
     let f = Fixture::new("one-run-each");
     let d = f.dir.display();
     let script = f.script("each.sh", &format!("{{ /bin/cat; echo; }} >> {d}/bodies"));
-    let auth = token_hook(&f, "each", &script, "");
+    let auth = f.token_hook("each", &script, "");
     let server = f.serve_guarded(&["--idle-timeout", IDLE]);
     for i in 1..=5 {
         let reply = server.post("/hooks/each", &[&auth], format!("body {i}").as_bytes());
@@ -184,7 +171,7 @@ fn one_run_per_accepted_request() {
 #[test]
 fn stdin_is_a_binary_body_byte_for_byte() {
     let f = Fixture::new("stdin-binary");
-    let auth = token_hook(&f, "bin", &stdin_saver(&f, "bin"), "");
+    let auth = f.token_hook("bin", &stdin_saver(&f, "bin"), "");
     let server = f.serve(&[]);
     let body = binary(4096);
     assert!(body.contains(&0) && body.contains(&0xff));
@@ -205,7 +192,7 @@ fn stdin_is_a_binary_body_byte_for_byte() {
 #[test]
 fn stdin_is_a_chunked_body_decoded_with_extensions_and_trailer() {
     let f = Fixture::new("stdin-chunked");
-    let auth = token_hook(&f, "chunked", &stdin_saver(&f, "chunked"), "");
+    let auth = f.token_hook("chunked", &stdin_saver(&f, "chunked"), "");
     let server = f.serve(&[]);
     let pieces: [&[u8]; 4] = [b"ab\0\xffc", b"0123456789abcdef\r\n", b"\xff", &binary(300)];
     let mut request = format!(
@@ -233,7 +220,7 @@ fn stdin_is_a_chunked_body_decoded_with_extensions_and_trailer() {
 #[test]
 fn stdin_is_a_5_mib_body_byte_for_byte() {
     let f = Fixture::new("stdin-5mib");
-    let auth = token_hook(&f, "big", &stdin_saver(&f, "big"), "");
+    let auth = f.token_hook("big", &stdin_saver(&f, "big"), "");
     let server = f.serve(&[]);
     let body = binary(5 * 1024 * 1024);
     let reply = server.post("/hooks/big", &[&auth], &body);
@@ -260,7 +247,7 @@ fn stdin_of_an_empty_body_is_empty_and_readable() {
             "/bin/cat > {d}/$SOCKHOOK_QUERY.stdin || exit 4\necho read >> {d}/$SOCKHOOK_QUERY.stdin"
         ),
     );
-    let auth = token_hook(&f, "empty", &script, "");
+    let auth = f.token_hook("empty", &script, "");
     let server = f.serve_guarded(&[]);
     let length_zero = post("/hooks/empty?length", &[&auth], b"");
     let no_length = format!("POST /hooks/empty?none HTTP/1.1\r\nHost: test\r\n{auth}\r\n\r\n");
@@ -375,7 +362,7 @@ fn command_runs_after_the_response() {
             "i=0\nwhile [ ! -e {d}/gate ]; do\n  i=$((i + 1)); [ $i -gt 400 ] && exit 9\n  /bin/sleep 0.05\ndone\necho done > {d}/late.done"
         ),
     );
-    let auth = token_hook(&f, "late", &script, "");
+    let auth = f.token_hook("late", &script, "");
     let server = f.serve(&[]);
     let reply = server.post("/hooks/late", &[&auth], b"x");
     assert_eq!(reply.status(), 204, "{reply:?}\n{}", server.log());
@@ -451,7 +438,7 @@ fn run_into_timeout(
             "{prelude}echo $$ > {d}/script.pid\n/bin/sleep 60 &\necho $! > {d}/child.pid\n/bin/sleep 60"
         ),
     );
-    let auth = token_hook(f, name, &script, "timeout = 1\n");
+    let auth = f.token_hook(name, &script, "timeout = 1\n");
     let server = f.serve_guarded(&["--idle-timeout", IDLE]);
     let reply = server.post(&format!("/hooks/{name}"), &[&auth], b"");
     assert_eq!(reply.status(), 204, "{reply:?}\n{}", server.log());
@@ -530,7 +517,7 @@ fn triggers_during_a_run_coalesce_into_one_run_with_the_newest_body() {
             "{{ /bin/cat; echo; }} >> {d}/bodies\ni=0\nwhile [ ! -e {d}/gate ]; do\n  i=$((i + 1)); [ $i -gt 400 ] && exit 9\n  /bin/sleep 0.05\ndone"
         ),
     );
-    let auth = token_hook(&f, "slow", &script, "");
+    let auth = f.token_hook("slow", &script, "");
     let server = f.serve_guarded(&["--idle-timeout", IDLE]);
     let reply = server.post("/hooks/slow", &[&auth], b"first");
     assert_eq!(reply.status(), 204, "{reply:?}\n{}", server.log());
@@ -572,7 +559,7 @@ fn two_hooks_run_concurrently() {
                 ": > {d}/{name}.started\ni=0\nwhile [ ! -e {d}/{other}.started ]; do\n  i=$((i + 1)); [ $i -gt 200 ] && exit 7\n  /bin/sleep 0.05\ndone"
             ),
         );
-        auths.push(token_hook(&f, name, &script, ""));
+        auths.push(f.token_hook(name, &script, ""));
     }
     let server = f.serve_guarded(&["--idle-timeout", IDLE]);
     for (name, auth) in ["a", "b"].iter().zip(&auths) {
@@ -588,8 +575,8 @@ fn two_hooks_run_concurrently() {
 fn failing_command_is_logged_and_makes_the_exit_code_1() {
     let f = Fixture::new("fails");
     let fail = f.script("fail.sh", "exit 3");
-    let fail_auth = token_hook(&f, "fail", &fail, "");
-    let ok_auth = token_hook(&f, "ok", &f.recorder("ok"), "");
+    let fail_auth = f.token_hook("fail", &fail, "");
+    let ok_auth = f.token_hook("ok", &f.recorder("ok"), "");
     let server = f.serve_guarded(&["--idle-timeout", IDLE]);
     let reply = server.post("/hooks/fail", &[&fail_auth], b"");
     assert_eq!(reply.status(), 204, "{reply:?}\n{}", server.log());
@@ -606,7 +593,7 @@ fn failing_command_is_logged_and_makes_the_exit_code_1() {
 fn command_that_vanished_after_load_is_logged_and_makes_the_exit_code_1() {
     let f = Fixture::new("vanished");
     let script = f.script("gone.sh", "exit 0");
-    let auth = token_hook(&f, "gone", &script, "");
+    let auth = f.token_hook("gone", &script, "");
     let server = f.serve_guarded(&["--idle-timeout", IDLE]);
     server.wait_log("listening on", 1);
     fs::remove_file(&script).unwrap();
@@ -645,7 +632,7 @@ fn read_head(stream: &mut TcpStream) -> String {
 #[test]
 fn expect_100_continue_gets_100_then_204() {
     let f = Fixture::new("expect");
-    let auth = token_hook(&f, "wait", &stdin_saver(&f, "wait"), "");
+    let auth = f.token_hook("wait", &stdin_saver(&f, "wait"), "");
     let server = f.serve(&[]);
     let body = binary(70_000);
     let mut stream = TcpStream::connect(server.addr).unwrap();
@@ -674,7 +661,7 @@ fn expect_100_continue_gets_100_then_204() {
 #[test]
 fn expect_100_continue_refused_before_the_body_gets_no_100() {
     let f = Fixture::new("expect-refused");
-    let auth = token_hook(&f, "small", &f.recorder("small"), "max_body = 10\n");
+    let auth = f.token_hook("small", &f.recorder("small"), "max_body = 10\n");
     // The guard's --request-timeout (120 s) is also the deadline of these requests:
     // a server that waited for the body would answer only then, long after the
     // read below gives up (PATIENCE), so the status alone shows it did not wait.
@@ -711,7 +698,7 @@ fn expect_100_continue_refused_before_the_body_gets_no_100() {
 #[test]
 fn curl_with_expect_100_continue_does_not_wait_for_its_timeout() {
     let f = Fixture::new("expect-curl");
-    let auth = token_hook(&f, "curl", &stdin_saver(&f, "curl"), "");
+    let auth = f.token_hook("curl", &stdin_saver(&f, "curl"), "");
     let server = f.serve(&[]);
     let body = binary(1024 * 1024);
     let body_file = f.dir.join("body");
@@ -744,7 +731,7 @@ fn curl_with_expect_100_continue_does_not_wait_for_its_timeout() {
 fn a_lingering_older_request_never_runs_after_a_newer_one() {
     let f = Fixture::new("ordering");
     let script = f.recorder("order");
-    let auth = token_hook(&f, "order", &script, "");
+    let auth = f.token_hook("order", &script, "");
     let server = f.serve_guarded(&["--idle-timeout", "0.3"]);
 
     let mut older = TcpStream::connect(server.addr).unwrap();

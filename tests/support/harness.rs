@@ -61,6 +61,19 @@ impl Fixture {
         self
     }
 
+    /// Writes hook `name` running `command` with token auth and `extra`
+    /// keys; returns its `Authorization: Bearer …` header line.
+    pub fn token_hook(&self, name: &str, command: &Path, extra: &str) -> String {
+        self.hook(
+            name,
+            &format!("command = [{command:?}]\nauth = \"token\"\n{extra}"),
+        );
+        format!(
+            "Authorization: Bearer {}",
+            self.token(&format!("/hooks/{name}"))
+        )
+    }
+
     /// Writes an executable shell script in the fixture and returns its path.
     pub fn script(&self, name: &str, body: &str) -> PathBuf {
         let path = self.dir.join(name);
