@@ -690,17 +690,12 @@ fn okhttp_sees_the_result_the_failure_and_the_stream() {
 
 /// Runs `tests/senders/sign.py ARGS` (the senders' own libraries) with `stdin`.
 fn sign_py(args: &[&str], stdin: &[u8]) -> std::process::Output {
-    let signer = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/senders/sign.py");
-    let mut child = Command::new("python3")
-        .arg(signer)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(stdin).unwrap();
-    output_within(child, PATIENCE)
+    let mut all = vec![concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/senders/sign.py"
+    )];
+    all.extend_from_slice(args);
+    run_with_stdin("python3", &all, stdin)
 }
 
 /// A Discord interactions endpoint end to end: Discord's PING must be

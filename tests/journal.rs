@@ -80,6 +80,19 @@ impl Journaled {
         }
     }
 
+    /// Waits until `n` deliveries have their outcome on disk.
+    fn wait_outcomes(&self, n: usize) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.files(".outcome").len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "waited for {n} outcomes: {:?}",
+                self.files("")
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     fn open_gate(&self) {
         fs::write(self.f.dir.join("gate"), "").unwrap();
     }
@@ -186,11 +199,7 @@ fn each_delivery_is_listed_with_its_outcome_and_its_body_byte_for_byte() {
     j.wait_order("rec", 4);
     // The outcome is written after the run's end is logged.
     server.wait_log("exited 0", 2);
-    let deadline = Instant::now() + PATIENCE;
-    while j.files(".outcome").len() < 2 {
-        assert!(Instant::now() < deadline, "no outcome files");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    j.wait_outcomes(2);
     let list = j.list(&[]);
     assert_eq!(list.len(), 2, "{list:?}");
     assert!(list[0].ends_with(" 6"), "newest first: {list:?}");
@@ -273,11 +282,7 @@ fn deliveries_whose_run_never_finished_run_at_the_next_activation() {
         ]
     );
     // Once: a third activation finds nothing pending.
-    let deadline = Instant::now() + PATIENCE;
-    while j.files(".outcome").len() < 2 {
-        assert!(Instant::now() < deadline, "outcomes not written");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    j.wait_outcomes(2);
     let (status, log) = server.stop();
     assert!(status.success(), "{log}");
     let server = j.serve(&[]);
@@ -317,11 +322,7 @@ fn a_full_journal_answers_503_and_runs_nothing() {
     j.open_gate();
     j.wait_order("job", 2);
     server.wait_log("exited 0", 1);
-    let deadline = Instant::now() + PATIENCE;
-    while j.files(".outcome").is_empty() {
-        assert!(Instant::now() < deadline, "no outcome");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    j.wait_outcomes(1);
     // The finished one makes room for the next.
     assert_eq!(
         server.post("/hooks/job", &[&auth], &[b'c'; 1500]).status(),
@@ -545,11 +546,7 @@ fn retention_keeps_the_newest_per_hook_and_journal_false_keeps_none() {
         j.wait_order("rec", 2 * (i + 1));
         server.wait_log("exited 0", i + 1);
         // The outcome is on disk before the next delivery prunes.
-        let deadline = Instant::now() + PATIENCE;
-        while j.files(".outcome").len() < (i + 1).min(3) {
-            assert!(Instant::now() < deadline, "no outcome for b{i}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        j.wait_outcomes((i + 1).min(3));
     }
     assert_eq!(
         server
@@ -589,11 +586,7 @@ fn deliveries_filters_by_hook_failure_and_time() {
     );
     server.wait_log("exited 3", 1);
     server.wait_log("exited 0", 1);
-    let deadline = Instant::now() + PATIENCE;
-    while j.files(".outcome").len() < 2 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    j.wait_outcomes(2);
     let failed = j.list(&["--failed"]);
     assert_eq!(failed.len(), 1, "{failed:?}");
     assert!(failed[0].contains(" fail ") && failed[0].contains(" failed exited 3 "));

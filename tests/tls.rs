@@ -18,7 +18,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -235,23 +235,9 @@ fn client_hello(version: [u8; 2]) -> Vec<u8> {
     record
 }
 
-/// Runs `program args`, with `stdin`, at most 30 s.
+/// Runs `program args` with `stdin` (see [`run_with_stdin`]).
 fn run(program: &str, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    let mut input = child.stdin.take().unwrap();
-    let stdin = stdin.to_vec();
-    let writer = thread::spawn(move || {
-        let _ = input.write_all(&stdin);
-    });
-    let out = output_within(child, Duration::from_secs(30));
-    writer.join().unwrap();
-    out
+    run_with_stdin(program, args, stdin)
 }
 
 fn text(out: &Output) -> String {

@@ -700,6 +700,27 @@ pub fn signature_header(scheme: &str, secret: &Path, body: &[u8]) -> String {
     String::from_utf8(out.stdout).unwrap().trim_end().to_owned()
 }
 
+/// Runs `program args` with `stdin` written to it (by a thread, so that a
+/// program that writes before it reads cannot block on us), at most
+/// [`PATIENCE`]; panics if it cannot be started.
+pub fn run_with_stdin(program: &str, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let writer = thread::spawn(move || {
+        let _ = input.write_all(&stdin);
+    });
+    let out = output_within(child, PATIENCE);
+    writer.join().unwrap();
+    out
+}
+
 /// Runs `curl -sS -o /dev/null -w %{http_code}` with `args` (at most 10 s);
 /// returns the status curl saw (0 if none) and curl's stderr.
 pub fn curl(args: &[&str]) -> (u16, String) {
