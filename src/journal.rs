@@ -459,18 +459,15 @@ impl Journal {
     /// Every entry that can be read, oldest first, and one line for each
     /// that cannot (torn or corrupt), which is skipped.
     pub fn entries(&self) -> io::Result<(Vec<Entry>, Vec<String>)> {
-        self.read_where(|_| true)
+        self.read_all(self.files()?)
     }
 
     /// The entries `wanted` picks from the listing, read; the problems of
     /// those, and the torn files.
-    fn read_where(
-        &self,
-        wanted: impl Fn(&EntryFile) -> bool,
-    ) -> io::Result<(Vec<Entry>, Vec<String>)> {
+    fn read_all(&self, files: Vec<EntryFile>) -> io::Result<(Vec<Entry>, Vec<String>)> {
         let mut entries = Vec::new();
         let mut problems = Vec::new();
-        for file in self.files()?.into_iter().filter(|f| wanted(f)) {
+        for file in files {
             match self.read_entry(&file.name) {
                 Ok(entry) => entries.push(entry),
                 Err(e) => problems.push(format!("skipped journal entry {}: {e}", file.name)),
@@ -653,9 +650,21 @@ impl Journal {
     /// The pending entries whose writer is gone, oldest first, each locked
     /// for this process; logs one line per entry it skips.
     pub fn take_pending(&self) -> Vec<(Entry, Pending)> {
-        // Only the pending ones are read: an activation pays for no more
-        // than the directory's listing when nothing is pending.
-        let (entries, problems) = match self.read_where(|f| !f.finished) {
+        // One listing: it also fills the index the first delivery needs, and
+        // only the pending entries are read.
+        let listed = self.files().map(|files| {
+            let mut index = lock_index(&self.index);
+            if index.is_none() {
+                *index = Some(Index {
+                    files: files
+                        .iter()
+                        .map(|f| (sort_key(&f.name), f.clone()))
+                        .collect(),
+                });
+            }
+            files.into_iter().filter(|f| !f.finished).collect()
+        });
+        let (entries, problems) = match listed.and_then(|pending| self.read_all(pending)) {
             Ok(found) => found,
             Err(e) => {
                 warning!(
@@ -756,6 +765,7 @@ pub fn lock_hook(locks: &Path, hook: &str) -> io::Result<Flock<File>> {
 }
 
 /// An entry file as listed.
+#[derive(Clone)]
 struct EntryFile {
     name: String,
     hook: String,

@@ -227,7 +227,9 @@ impl Watch for Waiter {
         let mut line = line[..line.len().min(room)].to_vec();
         self.streamed += line.len() as u64;
         if self.streamed >= MAX_STREAMED_BYTES {
-            line.extend_from_slice(b"\n[sockhook: output cut at 1048576 bytes]\n");
+            line.extend_from_slice(
+                format!("\n[sockhook: output cut at {MAX_STREAMED_BYTES} bytes]\n").as_bytes(),
+            );
         }
         self.send(RunEvent::Line { id: self.id, line });
     }

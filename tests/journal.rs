@@ -244,18 +244,26 @@ fn each_delivery_is_listed_with_its_outcome_and_its_body_byte_for_byte() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no delivery nope"));
 }
 
-/// SIGKILL after the 204 of a delivery whose run is queued (not started)
-/// and in the middle of another's run: the next activation runs both once
-/// more, in order.
-#[test]
-fn deliveries_whose_run_never_finished_run_at_the_next_activation() {
-    let j = Journaled::new("journal-kill");
+/// A server with gated hook `job`: delivery `one` running (held by the
+/// gate), `two` answered 204 and queued behind it. Returns the server and
+/// the hook's `Authorization` line.
+fn one_running_one_queued(j: &Journaled) -> (Served, String) {
     let auth = j.hook("job", true, "");
     let server = j.serve(&[]);
     assert_eq!(server.post("/hooks/job", &[&auth], b"one").status(), 204);
     j.wait_order("job", 1);
     assert_eq!(server.post("/hooks/job", &[&auth], b"two").status(), 204);
     server.wait_log("run queued behind the one in progress", 1);
+    (server, auth)
+}
+
+/// SIGKILL after the 204 of a delivery whose run is queued (not started)
+/// and in the middle of another's run: the next activation runs both once
+/// more, in order.
+#[test]
+fn deliveries_whose_run_never_finished_run_at_the_next_activation() {
+    let j = Journaled::new("journal-kill");
+    let (server, auth) = one_running_one_queued(&j);
     kill_all(server);
     assert_eq!(j.order("job"), ["start one replay=0"]);
     assert!(j.files(".outcome").is_empty());
@@ -461,13 +469,8 @@ fn a_torn_tail_and_a_corrupt_entry_are_skipped_and_the_rest_replayable() {
 #[test]
 fn replay_waits_for_the_servers_run_of_the_hook_and_is_journaled() {
     let j = Journaled::new("journal-replay");
-    let auth = j.hook("job", true, "");
-    let server = j.serve(&[]);
-    assert_eq!(server.post("/hooks/job", &[&auth], b"one").status(), 204);
-    j.wait_order("job", 1);
-    // two and three come during one's run: two is coalesced into three's run.
-    assert_eq!(server.post("/hooks/job", &[&auth], b"two").status(), 204);
-    server.wait_log("run queued behind the one in progress", 1);
+    let (server, auth) = one_running_one_queued(&j);
+    // three comes during one's run too: two is coalesced into three's run.
     assert_eq!(server.post("/hooks/job", &[&auth], b"three").status(), 204);
     server.wait_log("queued run replaced by a newer request", 1);
     let two = j.ids()[1].clone();
