@@ -71,6 +71,8 @@ pub struct Job {
     watches: Vec<Box<dyn Watch>>,
     /// Run by `sockhook replay`: the command also gets `SOCKHOOK_REPLAY=1`.
     replay: bool,
+    /// Taken from a relay by `sockhook subscribe`: `EPOCH HOOK SEQ`, for the journal.
+    relay: Option<String>,
 }
 
 /// One of a run's outputs.
@@ -232,7 +234,20 @@ impl Job {
             ticket,
             watches: Vec::new(),
             replay,
+            relay: None,
         }
+    }
+
+    /// Marks the job as the relay's message `seq` of `hook` in store
+    /// `epoch`: its journal entry says so (`relay EPOCH HOOK SEQ`).
+    pub fn relayed(mut self, epoch: &str, hook: &str, seq: u64) -> Job {
+        self.relay = Some(format!("{epoch} {hook} {seq}"));
+        self
+    }
+
+    /// `EPOCH HOOK SEQ` of a message taken from a relay.
+    pub fn relay(&self) -> Option<&str> {
+        self.relay.as_deref()
     }
 
     /// The values of [`ENV_NAMES`] the command gets, in order.

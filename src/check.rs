@@ -123,6 +123,14 @@ pub fn check(hooks_dir: &Path, key: Option<&Path>, user: Option<&str>) -> u8 {
             && !closed
             && per_hook.get(name).is_none_or(Vec::is_empty)
         {
+            if hook.scheme == crate::scheme::Scheme::Relay {
+                println!(
+                    "{}{name}: ok: auth relay (run by sockhook subscribe for the relay's hook {name}; never from HTTP), runs {}",
+                    config::HOOKS_PREFIX,
+                    describe_command(&hook.command)
+                );
+                continue;
+            }
             println!(
                 "{}{name}: ok: auth {}{}, {} runs {}",
                 config::HOOKS_PREFIX,

@@ -1,4 +1,5 @@
-//! The command line: `sockhook serve|check|token|sign`, parsed with lexopt.
+//! The command line: `sockhook serve|check|token|sign|deliveries|replay|subscribe`,
+//! parsed with lexopt.
 //!
 //! Every option is defined once, in [`COMMANDS`]: the help texts, the parser
 //! and the man-page check all read that table, so a new option is one new
@@ -70,6 +71,11 @@ struct Args {
     failed: bool,
     since: Option<String>,
     body: bool,
+    token: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    ping_interval: Duration,
+    ping_timeout: Duration,
+    max_backoff: Duration,
 }
 
 static HOOKS: Opt = Opt {
@@ -262,7 +268,7 @@ static TIMESTAMP: Opt = Opt {
 static STATE: Opt = Opt {
     name: "state",
     value: "DIR",
-    help: "The delivery journal's state directory [default: $STATE_DIRECTORY under systemd (/var/lib/sockhook); else serve keeps no journal, and the others use /var/lib/sockhook]",
+    help: "The delivery journal's state directory [default: $STATE_DIRECTORY under systemd (/var/lib/sockhook); else serve and subscribe keep no journal, and the others use /var/lib/sockhook]",
     set: |a, v| put(&mut a.state, Some(v.into())),
 };
 
@@ -313,8 +319,43 @@ static BODY: Opt = Opt {
     set: |a, _| put(&mut a.body, true),
 };
 
+static TOKEN: Opt = Opt {
+    name: "token",
+    value: "FILE",
+    help: "The file holding the subscription token alone (sockhook token /sub/hooks/ on the relay); under systemd, the credential %d/relay-token",
+    set: |a, v| put(&mut a.token, Some(v.into())),
+};
+
+static CA: Opt = Opt {
+    name: "ca",
+    value: "FILE",
+    help: "PEM CA certificates that the relay's certificate must chain to, for a private CA [default: the system's, /etc/ssl/certs/ca-certificates.crt]",
+    set: |a, v| put(&mut a.ca, Some(v.into())),
+};
+
+static PING_INTERVAL: Opt = Opt {
+    name: "ping-interval",
+    value: "SECS",
+    help: "Send a ping after SECS without traffic from the relay [default: 30]",
+    set: |a, v| put(&mut a.ping_interval, seconds("ping-interval", v, false)?),
+};
+
+static PING_TIMEOUT: Opt = Opt {
+    name: "ping-timeout",
+    value: "SECS",
+    help: "Reconnect when nothing arrives within SECS of a ping [default: 10]",
+    set: |a, v| put(&mut a.ping_timeout, seconds("ping-timeout", v, false)?),
+};
+
+static MAX_BACKOFF: Opt = Opt {
+    name: "max-backoff",
+    value: "SECS",
+    help: "Longest wait between connection attempts; the wait starts at 1 s, doubles after each failure, and is shortened by up to half at random [default: 60]",
+    set: |a, v| put(&mut a.max_backoff, seconds("max-backoff", v, false)?),
+};
+
 /// The subcommands and their options.
-pub const COMMANDS: [Subcommand; 6] = [
+pub const COMMANDS: [Subcommand; 7] = [
     Subcommand {
         name: "serve",
         operands: "",
@@ -369,10 +410,28 @@ pub const COMMANDS: [Subcommand; 6] = [
         summary: "Run a journaled delivery's hook again with its stored body and environment (plus SOCKHOOK_REPLAY=1), after any run of that hook in progress; the outcome is journaled as a new delivery.",
         options: &[&STATE, &HOOKS, &USER],
     },
+    Subcommand {
+        name: "subscribe",
+        operands: "URL",
+        summary: "Hold a websocket to a relay (a public sockhook whose hooks publish) at URL, wss://HOST/sub/hooks/ or /sub/hooks/NAME; journal each message and run the local auth = \"relay\" hook of the same name; reconnect and resume where it left off.",
+        options: &[
+            &TOKEN,
+            &HOOKS,
+            &STATE,
+            &CA,
+            &PING_INTERVAL,
+            &PING_TIMEOUT,
+            &MAX_BACKOFF,
+        ],
+    },
 ];
 
 /// Options that are not defaults: shown bare in a synopsis, in brackets otherwise.
-const REQUIRED: [(&str, &str); 2] = [("sign", "scheme"), ("sign", "secret")];
+const REQUIRED: [(&str, &str); 3] = [
+    ("sign", "scheme"),
+    ("sign", "secret"),
+    ("subscribe", "token"),
+];
 
 /// A parsed command line.
 #[derive(Debug, PartialEq)]
@@ -427,6 +486,8 @@ pub enum Command {
         /// Who to run as, when started as root; `None`: the unit's `User=`.
         user: Option<String>,
     },
+    /// `sockhook subscribe`.
+    Subscribe(crate::subscribe::Options),
     /// `--help`: the text to print, for all of sockhook or one subcommand.
     Help(String),
     /// `--version`.
@@ -485,6 +546,11 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
         failed: false,
         since: None,
         body: false,
+        token: None,
+        ca: None,
+        ping_interval: crate::subscribe::DEFAULT_PING_INTERVAL,
+        ping_timeout: crate::subscribe::DEFAULT_PING_TIMEOUT,
+        max_backoff: crate::subscribe::DEFAULT_MAX_BACKOFF,
     };
     let mut operands = Vec::new();
     while let Some(arg) = parser.next().map_err(usage)? {
@@ -601,6 +667,29 @@ fn parse_inner(args: impl IntoIterator<Item = OsString>) -> Result<Command, Erro
                 ));
             }
         },
+        "subscribe" => {
+            let url = match operands.as_slice() {
+                [url] => url.clone(),
+                _ => {
+                    return Err(Error::Usage(
+                        "subscribe: give the relay's URL, e.g. wss://relay.example.org/sub/hooks/"
+                            .into(),
+                    ));
+                }
+            };
+            Command::Subscribe(crate::subscribe::Options {
+                url,
+                token: args
+                    .token
+                    .ok_or_else(|| Error::Usage("subscribe: --token FILE is required".into()))?,
+                hooks_dir: args.hooks_dir,
+                state: args.state,
+                ca: args.ca,
+                ping_interval: args.ping_interval,
+                ping_timeout: args.ping_timeout,
+                max_backoff: args.max_backoff,
+            })
+        }
         _ => Command::Sign {
             scheme: args
                 .scheme

@@ -356,13 +356,16 @@ fn load_hook(
 }
 
 fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook, String> {
+    if file.auth == Some(Scheme::Relay) {
+        relay_only(&file)?;
+    }
     let answer = answer(&file)?;
     let command = file.command.ok_or(
         "command: missing; give the program and its arguments, e.g. command = [\"/usr/bin/systemctl\", \"restart\", \"kodi.service\"]",
     )?;
     check_command(&command)?;
     let scheme = file.auth.ok_or(
-        "auth: missing; choose token, github, gitea, forgejo, gitlab, bitbucket, standard-webhooks, stripe, slack, shopify, linear, sentry, discord or none (see sockhook.toml(5))",
+        "auth: missing; choose token, github, gitea, forgejo, gitlab, bitbucket, standard-webhooks, stripe, slack, shopify, linear, sentry, discord, none or relay (see sockhook.toml(5))",
     )?;
     let secrets = match (scheme.needs_secret(), file.secret) {
         (true, None) => {
@@ -463,6 +466,29 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         max_body,
         token_in_query: file.token_in_query.unwrap_or(false),
     })
+}
+
+/// The keys an `auth = "relay"` hook cannot use: `sockhook subscribe` runs
+/// it for a message the relay already checked, filtered and answered.
+fn relay_only(file: &HookFile) -> Result<(), String> {
+    let unused = [
+        ("methods", file.methods.is_some()),
+        ("respond", file.respond.is_some()),
+        ("respond_timeout", file.respond_timeout.is_some()),
+        ("content_type", file.content_type.is_some()),
+        ("include_stderr", file.include_stderr.is_some()),
+        ("exit_status", file.exit_status.is_some()),
+        ("match", file.filter.is_some()),
+    ];
+    if let Some((key, _)) = unused.iter().find(|(_, set)| *set) {
+        return Err(format!(
+            "{key}: not used by auth = \"relay\" (the relay's hook answered and filtered the delivery); remove it"
+        ));
+    }
+    if file.journal == Some(false) {
+        return Err("journal: auth = \"relay\" needs the journal (sockhook subscribe resumes from it); remove journal = false".into());
+    }
+    Ok(())
 }
 
 /// `respond` and the keys that only mean something with it.

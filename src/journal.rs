@@ -23,6 +23,7 @@
 //! peer 192.0.2.7
 //! answer before-run
 //! replay-of 1765104600000-4100-3        (only for `sockhook replay`)
+//! relay 9f2c41d07a3be5e1 kodi 42        (only for `sockhook subscribe`: epoch, hook, seq)
 //! user-agent GitHub-Hookshot/abc
 //! env SOCKHOOK_EVENT=push               (one line per SOCKHOOK_* variable)
 //! body 1234
@@ -167,6 +168,8 @@ pub struct Entry {
     pub answer: String,
     /// The delivery this one replays, for `sockhook replay`.
     pub replay_of: Option<String>,
+    /// `EPOCH HOOK SEQ` of a message `sockhook subscribe` took from a relay.
+    pub relay: Option<String>,
     /// The client's `User-Agent`.
     pub user_agent: String,
     /// The values of [`ENV_NAMES`], in that order.
@@ -296,6 +299,9 @@ impl Journal {
         );
         if let Some(original) = replay_of {
             head.push_str(&format!("replay-of {original}\n"));
+        }
+        if let Some(relay) = job.relay() {
+            head.push_str(&format!("relay {}\n", one_line(relay.as_bytes())));
         }
         head.push_str(&format!("user-agent {}\n", one_line(user_agent)));
         for (name, value) in ENV_NAMES.iter().zip(job.env()) {
@@ -639,6 +645,7 @@ impl Journal {
             peer: field("peer").unwrap_or_default(),
             answer: field("answer").unwrap_or_default(),
             replay_of: field("replay-of"),
+            relay: field("relay"),
             user_agent: field("user-agent").unwrap_or_default(),
             env,
             body_len,

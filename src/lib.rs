@@ -14,6 +14,8 @@
 //! process around it, accepting until [`idle`] says to exit. [`config`]
 //! loads the hook files, [`replay`] keeps the delivery ids already seen,
 //! [`log`] writes the log's lines, and [`error`] holds the two error types.
+//! [`subscribe`] is the home side of a relay: it takes messages from a
+//! websocket and runs them with the same [`act`] and [`journal`].
 //! `check`, `token`, `sign`, `deliveries` and `replay` are in [`check`]
 //! (with [`service`], the installed unit and its user, for judging files as
 //! the service meets them), [`tools`] and [`deliveries`]; the command line
@@ -46,6 +48,7 @@ pub(crate) mod route;
 pub(crate) mod scheme;
 pub(crate) mod serve;
 pub(crate) mod service;
+pub(crate) mod subscribe;
 pub(crate) mod tls;
 pub(crate) mod tools;
 pub(crate) mod verify;
@@ -62,6 +65,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>) -> Result<u8, Error> {
         Command::Help(text) => print!("{text}"),
         Command::Version => println!("sockhook {}", env!("CARGO_PKG_VERSION")),
         Command::Serve(options) => return serve::serve(&options),
+        Command::Subscribe(options) => return subscribe::subscribe(&options),
         Command::Check {
             hooks_dir,
             key,

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crate::config::{HOOKS_PREFIX, Hook, Hooks, Problem, valid_name};
 use crate::error::Refusal;
+use crate::scheme::Scheme;
 
 /// What a path names.
 pub enum Lookup<'h> {
@@ -49,6 +50,11 @@ pub fn accept(found: Lookup<'_>, method: &str) -> Result<Arc<Hook>, Refusal> {
         Lookup::Nothing => return Err(Refusal::NotFound),
         Lookup::NoDirectory(problem) | Lookup::Hook(_, Err(problem)) => {
             return Err(Refusal::HookBroken(problem.clone()));
+        }
+        // Run only by `sockhook subscribe`: over HTTP it is not there at
+        // all, as a path no hook serves (a 403 would confirm the name).
+        Lookup::Hook(_, Ok(hook)) if hook.scheme == Scheme::Relay => {
+            return Err(Refusal::NotFound);
         }
         Lookup::Hook(_, Ok(hook)) => hook,
     };

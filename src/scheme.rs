@@ -51,11 +51,14 @@ pub enum Scheme {
     Discord,
     /// No check at all; needs `allow_unauthenticated = true`.
     None,
+    /// Run only by `sockhook subscribe`, for the relay's hook of the same
+    /// name (which checked the sender); `serve` answers its path 404.
+    Relay,
 }
 
 impl Scheme {
     /// Every scheme, in the order the documentation lists them.
-    pub const ALL: [Scheme; 14] = [
+    pub const ALL: [Scheme; 15] = [
         Scheme::Token,
         Scheme::Github,
         Scheme::Gitea,
@@ -70,6 +73,7 @@ impl Scheme {
         Scheme::Sentry,
         Scheme::Discord,
         Scheme::None,
+        Scheme::Relay,
     ];
 
     /// The name used in hook files.
@@ -89,6 +93,7 @@ impl Scheme {
             Scheme::Sentry => "sentry",
             Scheme::Discord => "discord",
             Scheme::None => "none",
+            Scheme::Relay => "relay",
         }
     }
 
@@ -99,7 +104,7 @@ impl Scheme {
 
     /// Whether the scheme needs a `secret`.
     pub fn needs_secret(self) -> bool {
-        !matches!(self, Scheme::Token | Scheme::None)
+        !matches!(self, Scheme::Token | Scheme::None | Scheme::Relay)
     }
 
     /// The header carrying the signature (or, for GitLab, the secret), as sent.
@@ -117,7 +122,7 @@ impl Scheme {
             Scheme::Linear => Some("Linear-Signature"),
             Scheme::Sentry => Some("Sentry-Hook-Signature"),
             Scheme::Discord => Some("X-Signature-Ed25519"),
-            Scheme::Token | Scheme::None => None,
+            Scheme::Token | Scheme::None | Scheme::Relay => None,
         }
     }
 
@@ -139,7 +144,8 @@ impl Scheme {
             | Scheme::Stripe
             | Scheme::Slack
             | Scheme::Discord
-            | Scheme::None => None,
+            | Scheme::None
+            | Scheme::Relay => None,
         }
     }
 
@@ -155,7 +161,12 @@ impl Scheme {
             Scheme::Shopify => Some("x-shopify-webhook-id"),
             Scheme::Linear => Some("linear-delivery"),
             Scheme::Sentry => Some("request-id"),
-            Scheme::Token | Scheme::Stripe | Scheme::Slack | Scheme::Discord | Scheme::None => None,
+            Scheme::Token
+            | Scheme::Stripe
+            | Scheme::Slack
+            | Scheme::Discord
+            | Scheme::None
+            | Scheme::Relay => None,
         }
     }
 

@@ -194,7 +194,7 @@ pub fn sign(
                 "webhook-id: {id}\nwebhook-timestamp: {timestamp}\nwebhook-signature: {signature}"
             )
         }
-        Scheme::Token | Scheme::None => {
+        Scheme::Token | Scheme::None | Scheme::Relay => {
             return Err(Error::Usage(format!(
                 "sign: auth = \"{}\" has no signature to make",
                 scheme.name()

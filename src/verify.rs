@@ -232,6 +232,8 @@ pub fn before_body(
 ) -> Result<Pending, Refusal> {
     match hook.scheme {
         Scheme::None => Ok(Pending::Done),
+        // `route::accept` answers these 404 already; never run from HTTP.
+        Scheme::Relay => Err(Refusal::NotFound),
         Scheme::Token => {
             let key = key.map_err(|problem| Refusal::HookBroken(problem.clone()))?;
             let presented = presented_token(head, hook.token_in_query)?;
