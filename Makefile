@@ -46,7 +46,7 @@ POLL_LIMIT := $(shell v=$$(systemctl --version 2>/dev/null | sed -n '1s/^systemd
 	if [ -n "$$v" ] && [ "$$v" -lt 255 ]; then echo no; else echo yes; fi)
 endif
 
-UNITS    = sockhook.socket sockhook-https.socket sockhook.service sockhook-accept.socket sockhook-accept@.service
+UNITS    = sockhook.socket sockhook-https.socket sockhook.service sockhook-accept.socket sockhook-accept@.service sockhook-subscribe.service
 EXAMPLES = examples/hooks.d/hello.toml examples/kodi-restart.toml examples/github-deploy.toml
 # Installed into an empty hooks.d: token-protected, and its sudo rule ships.
 LIVE_HOOK = examples/kodi-restart.toml
@@ -166,15 +166,15 @@ ifeq ($(DESTDIR),)
 # Stop nothing (install started nothing), but refuse rather than leave enabled
 # or running units without their files.
 	@if [ -d /run/systemd/system ]; then \
-		for u in sockhook.socket sockhook-https.socket sockhook-accept.socket; do \
+		for u in sockhook.socket sockhook-https.socket sockhook-accept.socket sockhook-subscribe.service; do \
 			case $$(systemctl is-enabled $$u 2>/dev/null) in enabled*) busy="$$busy $$u";; esac; \
 		done; \
-		for u in sockhook.socket sockhook-https.socket sockhook-accept.socket sockhook.service; do \
+		for u in sockhook.socket sockhook-https.socket sockhook-accept.socket sockhook.service sockhook-subscribe.service; do \
 			! systemctl -q is-active $$u || busy="$$busy $$u"; \
 		done; \
 		if [ -n "$$busy" ]; then \
 			echo "uninstall: still enabled or active:$$busy"; \
-			echo "  first: systemctl disable --now sockhook.socket sockhook-https.socket sockhook-accept.socket"; \
+			echo "  first: systemctl disable --now sockhook.socket sockhook-https.socket sockhook-accept.socket sockhook-subscribe.service"; \
 			exit 1; \
 		fi; \
 	fi

@@ -741,7 +741,7 @@ fn units_verify_sudoers_checks_and_uninstall_leaves_nothing() {
         return;
     };
     let unitdir = "/usr/local/lib/systemd/system";
-    let units = "sockhook.socket sockhook.service sockhook-accept.socket sockhook-accept@.service";
+    let units = "sockhook.socket sockhook.service sockhook-accept.socket sockhook-accept@.service sockhook-subscribe.service";
     // Documentation=man:sockhook(8) is checked too: make install put the page
     // (doc/sockhook.8) where man finds it.
     assert!(
