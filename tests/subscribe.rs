@@ -1,0 +1,916 @@
+//! `sockhook subscribe`, the home side of a relay (doc/relay.md), through the
+//! real binary over real loopback sockets: each message journaled, then run
+//! by the local `auth = "relay"` hook; the resume point read back from the
+//! journal; duplicates dropped; gaps logged; TLS checked against the CA given;
+//! a refused token retried with backoff; a dead connection noticed by ping.
+//!
+//! The relay here is `tests/support/standin_relay.py`, the relay's side of
+//! doc/relay.md written with Python's websockets (a client and server no one
+//! here wrote), which can also break the contract on purpose (a duplicate
+//! seq, a retention gap). Runs that must still be going while a test acts
+//! wait for a gate file the test creates.
+
+mod support;
+
+use std::fs;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use support::harness::*;
+use support::pki::{self, Pki};
+
+const STANDIN: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/tests/support/standin_relay.py"
+);
+const EPOCH: &str = "00112233aabbccdd";
+
+/// Whether the stand-in can run: Python's websockets (CI installs it).
+fn standin_or_skip() -> bool {
+    let found = Command::new("python3")
+        .args(["-c", "import websockets.asyncio.server"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            !pki::ci(),
+            "CI=true but python3 cannot import websockets (pip install websockets)"
+        );
+        eprintln!("skipped: python3 websockets is not installed");
+    }
+    found
+}
+
+/// A free loopback port.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process whose stderr is collected.
+struct Proc {
+    child: Child,
+    log: Arc<Mutex<String>>,
+}
+
+impl Proc {
+    fn spawn(mut command: Command) -> Proc {
+        let mut child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        for pipe in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let sink = Arc::clone(&log);
+            thread::spawn(move || {
+                let mut pipe = pipe;
+                let mut buf = [0; 4096];
+                while let Ok(n @ 1..) = pipe.read(&mut buf) {
+                    sink.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buf[..n]));
+                }
+            });
+        }
+        Proc { child, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log holds `needle` `count` times.
+    fn wait_log(&self, needle: &str, count: usize) {
+        wait_for(
+            &format!("{count} × {needle:?} in the log"),
+            || self.log().matches(needle).count() >= count,
+            || self.log(),
+        );
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGTERM, as `systemctl stop` sends; the exit code and the log.
+    fn stop(mut self) -> (i32, String) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                thread::sleep(Duration::from_millis(50));
+                return (status.code().unwrap_or(-1), self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no exit after SIGTERM:\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL, as a crash.
+    fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.log()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `ready` until it holds; panics with `what` and `context()` after [`PATIENCE`].
+fn wait_for(what: &str, mut ready: impl FnMut() -> bool, context: impl Fn() -> String) {
+    let deadline = Instant::now() + PATIENCE;
+    while !ready() {
+        assert!(
+            Instant::now() < deadline,
+            "waited for {what}:\n{}",
+            context()
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// The stand-in relay: its websocket port, its control port, its store.
+struct Relay {
+    proc: Option<Proc>,
+    port: u16,
+    control: u16,
+    store: PathBuf,
+    token: String,
+    tls: Option<(PathBuf, PathBuf)>,
+}
+
+impl Relay {
+    fn start(dir: &Path, token: &str, tls: Option<(PathBuf, PathBuf)>) -> Relay {
+        let mut relay = Relay {
+            proc: None,
+            port: free_port(),
+            control: free_port(),
+            store: dir.join("relay-store.json"),
+            token: token.to_owned(),
+            tls,
+        };
+        relay.restart();
+        relay
+    }
+
+    /// Starts it again (same ports, same store), after [`Relay::kill`].
+    fn restart(&mut self) {
+        let mut command = Command::new("python3");
+        command
+            .arg(STANDIN)
+            .arg(self.port.to_string())
+            .arg(self.control.to_string())
+            .arg(&self.store)
+            .arg(&self.token)
+            .arg(EPOCH);
+        if let Some((cert, key)) = &self.tls {
+            command.arg(cert).arg(key);
+        }
+        let proc = Proc::spawn(command);
+        proc.wait_log("ready", 1);
+        self.proc = Some(proc);
+    }
+
+    fn kill(&mut self) {
+        if let Some(proc) = self.proc.take() {
+            proc.kill();
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        let scheme = if self.tls.is_some() { "wss" } else { "ws" };
+        format!("{scheme}://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn control(&self, command: serde_json::Value) -> serde_json::Value {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.control)).unwrap();
+        stream.write_all(format!("{command}\n").as_bytes()).unwrap();
+        let mut line = String::new();
+        BufReader::new(stream).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// Publishes `body` to `hook`; its seq.
+    fn publish(&self, hook: &str, body: &str) -> u64 {
+        self.control(
+            serde_json::json!({"op": "publish", "hook": hook, "body": body, "event": "push"}),
+        )["seq"]
+            .as_u64()
+            .unwrap()
+    }
+
+    fn clients(&self) -> u64 {
+        self.control(serde_json::json!({"op": "state"}))["clients"]
+            .as_u64()
+            .unwrap()
+    }
+
+    fn resumes(&self) -> Vec<serde_json::Value> {
+        self.control(serde_json::json!({"op": "state"}))["resumes"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Waits until `n` subscribers are connected.
+    fn wait_clients(&self, n: u64) {
+        wait_for(
+            &format!("{n} subscriber(s)"),
+            || self.clients() == n,
+            || String::new(),
+        );
+    }
+}
+
+/// A home host: hooks, a state directory, a token file.
+struct Home {
+    f: Fixture,
+    state: PathBuf,
+    token: PathBuf,
+}
+
+impl Home {
+    fn new(name: &str, token: &str) -> Home {
+        let f = Fixture::new(name);
+        let state = f.dir.join("state");
+        let path = f.dir.join("relay-token");
+        fs::write(&path, format!("{token}\n")).unwrap();
+        Home {
+            f,
+            state,
+            token: path,
+        }
+    }
+
+    /// Relay hook `name`: appends `start BODY` and `end BODY` (and its
+    /// environment) to `NAME.order`; waits for the gate in between when `gated`.
+    fn hook(&self, name: &str, gated: bool) {
+        let d = self.f.dir.display();
+        let wait = if gated {
+            format!(
+                "i=0; while [ ! -e {d}/gate ] && [ $i -lt 2000 ]; do sleep 0.01; i=$((i+1)); done\n"
+            )
+        } else {
+            String::new()
+        };
+        let script = self.f.script(
+            &format!("{name}.sh"),
+            &format!(
+                "body=$(cat)\necho \"start $body\" >> {d}/{name}.order\nenv > {d}/{name}.env\n{wait}echo \"end $body\" >> {d}/{name}.order"
+            ),
+        );
+        self.f
+            .hook(name, &format!("command = [{script:?}]\nauth = \"relay\"\n"));
+    }
+
+    fn order(&self, name: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.f.read(&format!("{name}.order")))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn ends(&self, name: &str) -> Vec<String> {
+        self.order(name)
+            .into_iter()
+            .filter_map(|l| l.strip_prefix("end ").map(str::to_owned))
+            .collect()
+    }
+
+    fn subscribe(&self, url: &str, extra: &[&str]) -> Proc {
+        let mut command = Command::new(BIN);
+        command
+            .args(["subscribe", url, "--token"])
+            .arg(&self.token)
+            .arg("--hooks")
+            .arg(&self.f.hooks)
+            .arg("--state")
+            .arg(&self.state)
+            .args(extra)
+            .env_remove("STATE_DIRECTORY")
+            .env_remove("NOTIFY_SOCKET");
+        Proc::spawn(command)
+    }
+
+    /// `sockhook deliveries --state …`, the list.
+    fn deliveries(&self) -> String {
+        let out = Command::new(BIN)
+            .arg("deliveries")
+            .arg("--state")
+            .arg(&self.state)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The `relay` lines of the journal's entries.
+    fn relay_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for entry in fs::read_dir(self.state.join("deliveries")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "entry") {
+                let text = String::from_utf8_lossy(&fs::read(&path).unwrap()).into_owned();
+                lines.extend(
+                    text.lines()
+                        .filter_map(|l| l.strip_prefix("relay "))
+                        .map(str::to_owned),
+                );
+            }
+        }
+        lines.sort();
+        lines
+    }
+
+    fn open_gate(&self) {
+        fs::write(self.f.dir.join("gate"), "").unwrap();
+    }
+}
+
+/// A token for the stand-in (it compares the bytes; sockhook never sees the key).
+const TOKEN: &str = "5c0a9f7e1d2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5";
+
+#[test]
+fn a_published_message_runs_the_home_hook_at_once_with_its_envelope() {
+    if !standin_or_skip() {
+        return;
+    }
+    let home = Home::new("sub-basic", TOKEN);
+    home.hook("kodi", false);
+    let relay = Relay::start(&home.f.dir, TOKEN, None);
+    let sub = home.subscribe(&relay.url("/sub/hooks/"), &[]);
+    relay.wait_clients(1);
+    assert!(
+        sub.log().contains("ws:// is neither encrypted"),
+        "{}",
+        sub.log()
+    );
+    let mut latencies = Vec::new();
+    for i in 1..=5 {
+        let body = format!("hello{i}");
+        let sent = Instant::now();
+        relay.publish("kodi", &body);
+        wait_for(
+            "the run",
+            || home.ends("kodi").contains(&body),
+            || sub.log(),
+        );
+        latencies.push(sent.elapsed());
+    }
+    latencies.sort();
+    eprintln!("publish (stand-in) → home hook ended: {latencies:?}");
+    assert!(
+        latencies[2] < Duration::from_millis(200),
+        "median {:?}",
+        latencies[2]
+    );
+    let env = String::from_utf8_lossy(&home.f.read("kodi.env")).into_owned();
+    for line in [
+        "SOCKHOOK_HOOK=kodi",
+        "SOCKHOOK_EVENT=push",
+        "SOCKHOOK_DELIVERY=standin-5",
+        "SOCKHOOK_CONTENT_TYPE=text/plain",
+        "SOCKHOOK_REMOTE_ADDR=127.0.0.1",
+    ] {
+        assert!(env.lines().any(|l| l == line), "{line} not in\n{env}");
+    }
+    assert!(!env.contains(TOKEN), "the token reached the command");
+    assert_eq!(
+        home.relay_lines(),
+        (1..=5)
+            .map(|s| format!("{EPOCH} kodi {s}"))
+            .collect::<Vec<_>>()
+    );
+    let (code, log) = sub.stop();
+    assert_eq!(code, 0, "{log}");
+    assert!(!log.contains(TOKEN), "the token is in the log:\n{log}");
+    assert_eq!(
+        home.deliveries().lines().count(),
+        6,
+        "{}",
+        home.deliveries()
+    );
+}
+
+#[test]
+fn a_stopped_subscriber_gets_what_was_published_meanwhile_in_order_once() {
+    if !standin_or_skip() {
+        return;
+    }
+    let home = Home::new("sub-resume", TOKEN);
+    home.hook("kodi", false);
+    let relay = Relay::start(&home.f.dir, TOKEN, None);
+    let sub = home.subscribe(&relay.url("/sub/hooks/"), &[]);
+    relay.wait_clients(1);
+    relay.publish("kodi", "m1");
+    wait_for("m1", || home.ends("kodi") == ["m1"], || sub.log());
+    let (code, _) = sub.stop();
+    assert_eq!(code, 0);
+    relay.wait_clients(0);
+    for i in 2..=11 {
+        relay.publish("kodi", &format!("m{i}"));
+    }
+    let sub = home.subscribe(&relay.url("/sub/hooks/"), &[]);
+    wait_for(
+        "m11",
+        || home.ends("kodi").contains(&"m11".to_owned()),
+        || sub.log(),
+    );
+    // Resumed from the journal: the header named the last seq taken.
+    let resumes = relay.resumes();
+    assert_eq!(
+        resumes[0],
+        serde_json::Value::Null,
+        "a first start resumes from nothing"
+    );
+    assert_eq!(resumes[1], format!("{EPOCH} kodi=1"));
+    // Every message journaled once, each run once and in order; those that
+    // arrived during a run coalesced into the newest, as serve's deliveries do.
+    assert_eq!(home.relay_lines(), {
+        let mut lines: Vec<String> = (1..=11).map(|s| format!("{EPOCH} kodi {s}")).collect();
+        lines.sort();
+        lines
+    });
+    wait_for(
+        "every outcome",
+        || !home.deliveries().contains("pending"),
+        || home.deliveries(),
+    );
+    let ends = home.ends("kodi");
+    let numbers: Vec<u32> = ends.iter().map(|b| b[1..].parse().unwrap()).collect();
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "out of order or twice: {ends:?}"
+    );
+    assert_eq!(numbers.last(), Some(&11));
+    let list = home.deliveries();
+    let ran = list
+        .lines()
+        .filter(|l| l.contains("ok exited 0") && !l.contains("coalesced"))
+        .count();
+    let coalesced = list
+        .matches("(coalesced into the run of a newer delivery)")
+        .count();
+    assert_eq!(
+        (ran, coalesced),
+        (numbers.len(), 11 - numbers.len()),
+        "{list}"
+    );
+    eprintln!(
+        "10 messages after a reconnect: {} run(s), the rest coalesced",
+        numbers.len() - 1
+    );
+    sub.stop();
+}
+
+#[test]
+fn a_relay_killed_between_publishes_loses_nothing() {
+    if !standin_or_skip() {
+        return;
+    }
+    let home = Home::new("sub-relay-restart", TOKEN);
+    home.hook("kodi", false);
+    let mut relay = Relay::start(&home.f.dir, TOKEN, None);
+    let sub = home.subscribe(&relay.url("/sub/hooks/"), &["--max-backoff", "1"]);
+    relay.wait_clients(1);
+    relay.publish("kodi", "before");
+    wait_for("before", || home.ends("kodi") == ["before"], || sub.log());
+    relay.kill();
+    sub.wait_log("reconnecting in", 1);
+    relay.restart();
+    relay.wait_clients(1);
+    relay.publish("kodi", "after");
+    wait_for(
+        "after",
+        || home.ends("kodi") == ["before", "after"],
+        || sub.log(),
+    );
+    assert_eq!(
+        relay.resumes().last().unwrap(),
+        &serde_json::Value::from(format!("{EPOCH} kodi=1"))
+    );
+    sub.stop();
+}
+
+#[test]
+fn a_duplicate_seq_is_dropped_and_a_gap_is_logged() {
+    if !standin_or_skip() {
+        return;
+    }
+    let home = Home::new("sub-dup", TOKEN);
+    home.hook("kodi", false);
+    let relay = Relay::start(&home.f.dir, TOKEN, None);
+    let sub = home.subscribe(&relay.url("/sub/hooks/"), &[]);
+    relay.wait_clients(1);
+    relay.publish("kodi", "one");
+    wait_for("one", || home.ends("kodi") == ["one"], || sub.log());
+    let sent =
+        relay.control(serde_json::json!({"op": "raw", "hook": "kodi", "seq": 1, "body": "again"}));
+    assert_eq!(sent["sent"], 1);
+    sub.wait_log("message 1 was already taken (last 1); dropped", 1);
+    // Retention: seqs 2..4 published while away and dropped before the return.
+    let (code, _) = sub.stop();
+    assert_eq!(code, 0);
+    relay.wait_clients(0);
+    for body in ["two", "three", "four", "five"] {
+        relay.publish("kodi", body);
+    }
+    relay.control(serde_json::json!({"op": "forget", "hook": "kodi", "upto": 4}));
+    let sub = home.subscribe(&relay.url("/sub/hooks/"), &[]);
+    wait_for(
+        "five",
+        || home.ends("kodi").contains(&"five".to_owned()),
+        || sub.log(),
+    );
+    sub.wait_log(
+        "3 message(s) (2..4) were dropped by the relay's retention",
+        1,
+    );
+    assert_eq!(home.ends("kodi"), ["one", "five"]);
+    sub.stop();
+}
+
+#[test]
+fn messages_for_missing_or_non_relay_hooks_are_skipped_and_logged() {
+    if !standin_or_skip() {
+        return;
+    }
+    let home = Home::new("sub-skip", TOKEN);
+    home.hook("kodi", false);
+    let other = home.f.recorder("web");
+    home.f.token_hook("web", &other, "");
+    let relay = Relay::start(&home.f.dir, TOKEN, None);
+    let sub = home.subscribe(&relay.url("/sub/hooks/"), &[]);
+    relay.wait_clients(1);
+    relay.publish("nothere", "x");
+    relay.publish("web", "y");
+    relay.publish("kodi", "z");
+    wait_for("z", || home.ends("kodi") == ["z"], || sub.log());
+    let log = sub.log();
+    assert!(
+        log.contains("hook nothere: message 1 skipped: no hook nothere in"),
+        "{log}"
+    );
+    assert!(
+        log.contains(
+            "hook web: message 1 skipped: the hook here has auth = \"token\", not \"relay\""
+        ),
+        "{log}"
+    );
+    assert_eq!(home.f.runs("web"), 0);
+    sub.stop();
+}
+
+#[test]
+fn a_subscriber_killed_mid_run_runs_the_message_again_only_as_the_journal_says() {
+    if !standin_or_skip() {
+        return;
+    }
+    let home = Home::new("sub-kill", TOKEN);
+    home.hook("kodi", true);
+    let relay = Relay::start(&home.f.dir, TOKEN, None);
+    let sub = home.subscribe(&relay.url("/sub/hooks/"), &[]);
+    relay.wait_clients(1);
+    relay.publish("kodi", "slow");
+    wait_for(
+        "the run's start",
+        || home.order("kodi").len() == 1,
+        || sub.log(),
+    );
+    // A crash (the run's own process group survives it, as an orphan).
+    sub.kill();
+    relay.wait_clients(0);
+    assert!(
+        home.deliveries().contains("pending"),
+        "{}",
+        home.deliveries()
+    );
+    home.open_gate();
+    wait_for(
+        "the orphan's end",
+        || home.ends("kodi").len() == 1,
+        || String::new(),
+    );
+    let sub = home.subscribe(&relay.url("/sub/hooks/"), &[]);
+    sub.wait_log("running it now", 1);
+    wait_for(
+        "the resumed run",
+        || home.ends("kodi").len() == 2,
+        || sub.log(),
+    );
+    wait_for(
+        "its outcome",
+        || !home.deliveries().contains("pending"),
+        || home.deliveries(),
+    );
+    let list = home.deliveries();
+    // Run twice, and the journal says why: the second is the resumed one.
+    assert_eq!(list.matches("(resumed").count(), 1, "{list}");
+    assert_eq!(list.lines().count(), 2, "one message, one entry:\n{list}");
+    // The relay resent nothing: the resume point came from the journal.
+    relay.wait_clients(1);
+    assert_eq!(
+        relay.resumes().last().unwrap(),
+        &serde_json::Value::from(format!("{EPOCH} kodi=1"))
+    );
+    assert_eq!(home.ends("kodi"), ["slow", "slow"]);
+    sub.stop();
+}
+
+#[test]
+fn wss_with_the_test_ca_works_and_a_wrong_ca_is_refused() {
+    if !standin_or_skip() || !pki::need_tools(&["openssl"]) {
+        return;
+    }
+    let home = Home::new("sub-tls", TOKEN);
+    home.hook("kodi", false);
+    let pki = Pki::new(&home.f.dir.join("pki"));
+    let leaf = pki.localhost("relay");
+    let other = Pki::new(&home.f.dir.join("other-pki"));
+    let relay = Relay::start(
+        &home.f.dir,
+        TOKEN,
+        Some((leaf.cert.clone(), leaf.key.clone())),
+    );
+    let url = relay.url("/sub/hooks/");
+    assert!(url.starts_with("wss://"));
+    // A CA that did not sign the relay's certificate: refused, nothing run.
+    let mut wrong = home.subscribe(&url, &["--ca", other.ca.to_str().unwrap()]);
+    wrong.wait_log("reconnecting in", 1);
+    let log = wrong.log();
+    assert!(log.contains("invalid peer certificate"), "{log}");
+    assert_eq!(relay.clients(), 0);
+    relay.publish("kodi", "secret");
+    assert!(wrong.running());
+    wrong.stop();
+    assert!(home.ends("kodi").is_empty());
+    // The system's trust store does not know the test CA either.
+    let mut system = home.subscribe(&url, &[]);
+    system.wait_log("invalid peer certificate", 1);
+    assert!(system.running());
+    system.stop();
+    // The right one.
+    let sub = home.subscribe(&url, &["--ca", pki.ca.to_str().unwrap()]);
+    relay.wait_clients(1);
+    assert!(!sub.log().contains("neither encrypted"), "{}", sub.log());
+    relay.publish("kodi", "over-tls");
+    wait_for(
+        "the run",
+        || home.ends("kodi") == ["over-tls"],
+        || sub.log(),
+    );
+    sub.stop();
+}
+
+#[test]
+fn a_refused_token_is_said_clearly_and_retried_with_backoff() {
+    if !standin_or_skip() {
+        return;
+    }
+    let home = Home::new("sub-badtoken", "not-the-token");
+    home.hook("kodi", false);
+    let relay = Relay::start(&home.f.dir, TOKEN, None);
+    let mut sub = home.subscribe(&relay.url("/sub/hooks/"), &["--max-backoff", "2"]);
+    sub.wait_log(
+        "the relay answered the upgrade 403 Forbidden; the relay refused the token",
+        2,
+    );
+    assert!(sub.running());
+    relay.publish("kodi", "x");
+    assert!(home.ends("kodi").is_empty());
+    let log = sub.log();
+    // Backoff: the second wait is longer than the first's lower bound.
+    let waits: Vec<f64> = log
+        .lines()
+        .filter_map(|l| l.split("reconnecting in ").nth(1))
+        .map(|w| w.trim_end_matches(" s").parse().unwrap())
+        .collect();
+    assert!(waits[0] >= 0.5 && waits[0] <= 1.0, "{waits:?}");
+    assert!(waits[1] >= 1.0 && waits[1] <= 2.0, "{waits:?}");
+    assert!(
+        !log.contains("not-the-token"),
+        "the token is in the log:\n{log}"
+    );
+    sub.stop();
+}
+
+#[test]
+fn a_silent_relay_is_noticed_by_ping_and_left() {
+    // A relay that upgrades, then never reads or answers again (a dead NAT
+    // mapping looks the same from here).
+    let home = Home::new("sub-ping", TOKEN);
+    home.hook("kodi", false);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = Arc::clone(&held);
+    thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let callback =
+                |_: &tungstenite::handshake::server::Request,
+                 mut response: tungstenite::handshake::server::Response| {
+                    response.headers_mut().insert(
+                        "sec-websocket-protocol",
+                        "sockhook.relay.1".parse().unwrap(),
+                    );
+                    Ok(response)
+                };
+            if let Ok(ws) = tungstenite::accept_hdr(stream, callback) {
+                keep.lock().unwrap().push(ws);
+            }
+        }
+    });
+    let sub = home.subscribe(
+        &format!("ws://127.0.0.1:{port}/sub/hooks/"),
+        &["--ping-interval", "0.3", "--ping-timeout", "0.3"],
+    );
+    sub.wait_log("connected to", 1);
+    let connected = Instant::now();
+    sub.wait_log("nothing from the relay within 0.3 s of a ping", 1);
+    let noticed = connected.elapsed();
+    eprintln!("a silent relay noticed after {noticed:?} (ping interval 0.3 s + timeout 0.3 s)");
+    assert!(noticed >= Duration::from_millis(600), "{noticed:?}");
+    sub.wait_log("connected to", 2);
+    sub.stop();
+}
+
+#[test]
+fn serve_answers_a_relay_hooks_path_404_and_check_accepts_it() {
+    let f = Fixture::new("sub-serve-404");
+    let recorder = f.recorder("kodi");
+    f.hook(
+        "kodi",
+        &format!("command = [{recorder:?}]\nauth = \"relay\"\n"),
+    );
+    let bearer = format!("Authorization: Bearer {}", f.token("/hooks/kodi"));
+    let server = f.serve(&["--idle-timeout", "5"]);
+    for headers in [vec![], vec![bearer.as_str()]] {
+        let reply = server.post("/hooks/kodi", &headers, b"x");
+        assert_eq!(reply.status(), 404, "{}", reply.body());
+    }
+    assert_eq!(f.runs("kodi"), 0);
+    let reply = server.post("/hooks/nothere", &[], b"x");
+    assert_eq!(reply.status(), 404);
+    let out = Command::new(BIN)
+        .args(["check", "--hooks"])
+        .arg(&f.hooks)
+        .arg("--key")
+        .arg(&f.key)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("/hooks/kodi: ok: auth relay (run by sockhook subscribe"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn relay_hooks_refuse_the_keys_of_an_http_answer() {
+    let f = Fixture::new("sub-keys");
+    for (key, line) in [
+        ("respond", "respond = \"after-run\""),
+        ("methods", "methods = [\"GET\"]"),
+        ("match", "[match]\nref = \"x\""),
+        ("journal", "journal = false"),
+        ("secret", "secret = \"/etc/x\""),
+    ] {
+        f.hook(
+            "kodi",
+            &format!("command = [\"/bin/true\"]\nauth = \"relay\"\n{line}\n"),
+        );
+        let out = Command::new(BIN)
+            .args(["check", "--hooks"])
+            .arg(&f.hooks)
+            .arg("--key")
+            .arg(&f.key)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(1), "{key}: {stdout}");
+        assert!(stdout.contains(&format!("{key}:")), "{key}: {stdout}");
+    }
+}
+
+#[test]
+fn bad_command_lines_and_token_files_are_refused_before_connecting() {
+    let home = Home::new("sub-usage", TOKEN);
+    let token = home.token.to_str().unwrap().to_owned();
+    let hooks = home.f.hooks.to_str().unwrap().to_owned();
+    let empty = home.f.dir.join("empty-token");
+    fs::write(&empty, "\n").unwrap();
+    let missing = home.f.dir.join("missing-credential");
+    fs::write(
+        &missing,
+        "sockhook-missing-credential:/etc/sockhook/relay-token",
+    )
+    .unwrap();
+    for (args, says) in [
+        (vec!["subscribe", "--token", &token], "give the relay's URL"),
+        (
+            vec!["subscribe", "ws://127.0.0.1:1/sub/hooks/"],
+            "--token FILE is required",
+        ),
+        (
+            vec![
+                "subscribe",
+                "http://127.0.0.1:1/sub/hooks/",
+                "--token",
+                &token,
+                "--hooks",
+                &hooks,
+            ],
+            "give wss://HOST/sub/hooks/",
+        ),
+        (
+            vec![
+                "subscribe",
+                "wss://t0k3n@127.0.0.1:1/sub/hooks/",
+                "--token",
+                &token,
+                "--hooks",
+                &hooks,
+            ],
+            "never on the command line",
+        ),
+        (
+            vec![
+                "subscribe",
+                "ws://127.0.0.1:1/sub/hooks/",
+                "--token",
+                empty.to_str().unwrap(),
+                "--hooks",
+                &hooks,
+            ],
+            "must hold the token alone",
+        ),
+        (
+            vec![
+                "subscribe",
+                "ws://127.0.0.1:1/sub/hooks/",
+                "--token",
+                missing.to_str().unwrap(),
+                "--hooks",
+                &hooks,
+            ],
+            "systemd found no /etc/sockhook/relay-token",
+        ),
+        (
+            vec![
+                "subscribe",
+                "ws://127.0.0.1:1/sub/hooks/",
+                "--token",
+                &token,
+                "--hooks",
+                "/nonexistent",
+            ],
+            "cannot read the hooks directory",
+        ),
+        (
+            vec![
+                "subscribe",
+                "wss://127.0.0.1:1/sub/hooks/",
+                "--token",
+                &token,
+                "--hooks",
+                &hooks,
+                "--ca",
+                "/nonexistent",
+            ],
+            "cannot read the trust anchors",
+        ),
+    ] {
+        let out = Command::new(BIN).args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(100), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(
+            !stderr.contains(TOKEN),
+            "{args:?}: the token is in: {stderr}"
+        );
+    }
+}
