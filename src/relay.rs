@@ -15,18 +15,22 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use tungstenite::Message as Frame;
+use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::frame::FrameHeader;
-use tungstenite::protocol::frame::coding::{Data, OpCode};
+use tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 
 use crate::config::Hook;
 use crate::error::Refusal;
 use crate::read::{Framing, Head};
 use crate::request::Config;
 use crate::scheme::Scheme;
+use crate::tls::Transport;
 use crate::verify;
 
 /// Where subscribers connect: `/sub/hooks/NAME`, or this for every hook.
@@ -76,6 +80,7 @@ pub struct Message {
 }
 
 impl Message {
+    /// A stored envelope read back.
     fn parse(hook: &str, seq: u64, bytes: Vec<u8>) -> io::Result<Message> {
         let bad = || io::Error::new(io::ErrorKind::InvalidData, "not a relay envelope");
         if !bytes.starts_with(ENVELOPE_MAGIC.as_bytes()) {
@@ -90,11 +95,6 @@ impl Message {
             bytes,
             body_at,
         })
-    }
-
-    /// The body as the sender sent it.
-    pub fn body(&self) -> &[u8] {
-        &self.bytes[self.body_at..]
     }
 }
 
@@ -413,7 +413,7 @@ pub fn upgrade(config: &Config, head: &Head, store: Option<&Store>) -> Result<Up
         };
         if hook.scheme == Scheme::None && !unsafe_ok(head) {
             return Err(Refusal::Forbidden(format!(
-                "anyone may publish to hook {name}: send {UNSAFE_HEADER}: {UNSAFE_VALUE}"
+                "anyone may publish to hook {name}: send X-Hookbot-Unsafe-Is-Ok: {UNSAFE_VALUE}"
             )));
         }
     } else if config.hooks.iter().any(|(_, h)| {
@@ -422,7 +422,7 @@ pub fn upgrade(config: &Config, head: &Head, store: Option<&Store>) -> Result<Up
     }) && !unsafe_ok(head)
     {
         return Err(Refusal::Forbidden(format!(
-            "anyone may publish to a hook under {SUB_PREFIX}: send {UNSAFE_HEADER}: {UNSAFE_VALUE}"
+            "anyone may publish to a hook under {SUB_PREFIX}: send X-Hookbot-Unsafe-Is-Ok: {UNSAFE_VALUE}"
         )));
     }
     let envelope = head
@@ -533,6 +533,420 @@ pub fn frame_header(len: usize) -> Vec<u8> {
     header.format(len as u64, &mut out).unwrap_or_default();
     out
 }
+
+/// A message on its way to one subscriber.
+enum Item {
+    /// Stored before the subscriber came: read from the store in its turn.
+    Stored(String, u64),
+    /// Fanned out as it was stored.
+    Live(Arc<Message>),
+}
+
+/// The frame being written: its header (and hookbot's `NAME\0`), then
+/// the shared message from `from`.
+struct Outgoing {
+    head: Vec<u8>,
+    message: Arc<Message>,
+    from: usize,
+    /// Bytes of head and payload written so far.
+    written: usize,
+}
+
+impl Outgoing {
+    fn rest(&self) -> &[u8] {
+        match self.written.checked_sub(self.head.len()) {
+            None => &self.head[self.written..],
+            Some(done) => &self.message.bytes[self.from + done..],
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.head.len() + self.message.bytes.len() - self.from
+    }
+}
+
+/// Why a subscriber is closed.
+#[derive(Debug)]
+pub enum Closed {
+    /// With a close frame (`code`, reason): written, then half-close and drain.
+    Clean(CloseCode, &'static str),
+    /// At once: the connection is gone or cannot take even the close frame.
+    Abrupt(String),
+}
+
+/// What a subscriber's socket needs next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Wants {
+    /// To be told when it can take more.
+    Write,
+    /// Only to be read.
+    Read,
+    /// The close frame is out: half-close and drain.
+    Done,
+}
+
+/// One websocket subscriber: frames in through tungstenite, messages out
+/// as shared buffers behind their own frame headers (no copy per
+/// subscriber, but for TLS's).
+pub struct Subscriber {
+    /// What it subscribed to.
+    pub topic: Topic,
+    envelope: bool,
+    ws: WebSocketContext,
+    /// What goes out before the next data frame: the 101, pongs, pings,
+    /// the close. INVARIANT: at most `MAX_CONTROL_BYTES` (past it the
+    /// subscriber is closed).
+    ctl: Vec<u8>,
+    current: Option<Outgoing>,
+    queue: VecDeque<Item>,
+    /// Bytes of the live messages in `queue`.
+    queued_bytes: usize,
+    /// The last sequence number queued per hook: what is not sent again.
+    upto: HashMap<String, u64>,
+    /// Bytes read since the last complete message or control frame.
+    unfinished: usize,
+    /// A close frame is queued; nothing more goes out after it.
+    closing: Option<&'static str>,
+    /// When it last sent anything.
+    pub heard: Instant,
+    /// When it was last pinged.
+    pub pinged: Instant,
+    /// When its socket last took bytes, or when it had nothing to take.
+    pub progress: Instant,
+    /// Messages written to it.
+    pub sent: u64,
+    /// Stored messages it was given to catch up.
+    pub replayed: usize,
+}
+
+/// The reads and writes tungstenite makes: reads from the socket, counted;
+/// writes into the subscriber's control buffer, written between data frames.
+struct Io<'a> {
+    transport: &'a mut Transport,
+    ctl: &'a mut Vec<u8>,
+    unfinished: &'a mut usize,
+}
+
+impl Read for Io<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if *self.unfinished > MAX_UNFINISHED_BYTES {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        let room = MAX_UNFINISHED_BYTES + 1 - *self.unfinished;
+        let len = buf.len().min(room);
+        let n = self.transport.read(&mut buf[..len])?;
+        *self.unfinished += n;
+        Ok(n)
+    }
+}
+
+impl Write for Io<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.ctl.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Subscriber {
+    /// A subscriber that was sent nothing yet; `rest` is what it sent
+    /// after its upgrade request. Catches up from `store` if it resumes.
+    pub fn new(upgrade: Upgrade, rest: Vec<u8>, store: Option<&Store>) -> Subscriber {
+        let config = WebSocketConfig::default()
+            .read_buffer_size(MAX_INCOMING_BYTES)
+            .write_buffer_size(0)
+            .max_message_size(Some(MAX_INCOMING_BYTES))
+            .max_frame_size(Some(MAX_INCOMING_BYTES));
+        let upto = store.map(Store::lasts).unwrap_or_default();
+        let mut queue = VecDeque::new();
+        if let (Some(resume), Some(store)) = (&upgrade.resume, store) {
+            let mut hooks: Vec<&String> = upto
+                .keys()
+                .filter(|hook| upgrade.topic.covers(hook))
+                .collect();
+            hooks.sort();
+            for hook in hooks {
+                let after = resume.get(hook).copied().unwrap_or(0);
+                for seq in store.kept_after(hook, after) {
+                    queue.push_back(Item::Stored(hook.clone(), seq));
+                }
+            }
+        }
+        let now = Instant::now();
+        Subscriber {
+            topic: upgrade.topic,
+            envelope: upgrade.envelope,
+            ws: WebSocketContext::from_partially_read(rest, Role::Server, Some(config)),
+            ctl: upgrade.response,
+            current: None,
+            replayed: queue.len(),
+            queue,
+            queued_bytes: 0,
+            upto,
+            unfinished: 0,
+            closing: None,
+            heard: now,
+            pinged: now,
+            progress: now,
+            sent: 0,
+        }
+    }
+
+    /// Whether anything waits to go out.
+    pub fn busy(&self) -> bool {
+        !self.ctl.is_empty() || self.current.is_some() || !self.queue.is_empty()
+    }
+
+    /// Queues a stored message if it is for this subscriber and new to it;
+    /// refused when the subscriber does not read fast enough to take it.
+    pub fn offer(&mut self, message: &Arc<Message>) -> Result<(), Closed> {
+        if self.closing.is_some() || !self.topic.covers(&message.hook) {
+            return Ok(());
+        }
+        let upto = self.upto.entry(message.hook.clone()).or_default();
+        if message.seq <= *upto {
+            return Ok(());
+        }
+        *upto = message.seq;
+        let len = message.bytes.len();
+        if self.busy() && self.queued_bytes + len > SEND_BUFFER_BYTES {
+            return Err(Closed::Abrupt(format!(
+                "does not read: over its send buffer of {SEND_BUFFER_BYTES} bytes (it resumes from seq {} of {})",
+                message.seq, message.hook
+            )));
+        }
+        self.queued_bytes += len;
+        self.queue.push_back(Item::Live(Arc::clone(message)));
+        Ok(())
+    }
+
+    /// Reads what it sent: pings are answered, data is dropped (a
+    /// subscriber has nothing to say); bad input closes it.
+    pub fn read(&mut self, transport: &mut Transport) -> Result<(), Closed> {
+        use tungstenite::Error as E;
+        use tungstenite::error::ProtocolError as P;
+        let Subscriber {
+            ws,
+            ctl,
+            unfinished,
+            ..
+        } = self;
+        let mut io = Io {
+            transport,
+            ctl,
+            unfinished,
+        };
+        let mut result = Ok(());
+        for _ in 0..READ_TURN_MESSAGES {
+            let before = *io.unfinished;
+            let read = ws.read(&mut io);
+            if *io.unfinished != before {
+                self.heard = Instant::now();
+            }
+            match read {
+                Ok(Frame::Close(_)) => {
+                    // tungstenite queued the reply in `ctl`.
+                    self.closing.get_or_insert("closed by the subscriber");
+                    self.queue.clear();
+                    break;
+                }
+                Ok(_) => *io.unfinished = 0,
+                Err(E::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(E::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(E::Io(e)) => {
+                    result = Err(Closed::Abrupt(format!("read failed: {e}")));
+                    break;
+                }
+                Err(E::ConnectionClosed | E::AlreadyClosed) => {
+                    result = Err(Closed::Abrupt("closed".into()));
+                    break;
+                }
+                Err(E::Protocol(P::ResetWithoutClosingHandshake)) => {
+                    result = Err(Closed::Abrupt("closed without a close frame".into()));
+                    break;
+                }
+                Err(E::Capacity(_)) => {
+                    result = Err(Closed::Clean(
+                        CloseCode::Size,
+                        "sent a frame or message over 4096 bytes",
+                    ));
+                    break;
+                }
+                Err(E::Utf8(_)) => {
+                    result = Err(Closed::Clean(
+                        CloseCode::Invalid,
+                        "sent text that is not UTF-8",
+                    ));
+                    break;
+                }
+                Err(E::Protocol(P::UnmaskedFrameFromClient)) => {
+                    result = Err(Closed::Clean(CloseCode::Protocol, "sent an unmasked frame"));
+                    break;
+                }
+                Err(_) => {
+                    result = Err(Closed::Clean(
+                        CloseCode::Protocol,
+                        "broke the websocket protocol",
+                    ));
+                    break;
+                }
+            }
+        }
+        if result.is_ok() && self.unfinished > MAX_UNFINISHED_BYTES {
+            result = Err(Closed::Clean(
+                CloseCode::Size,
+                "sent a fragmented message that never ends",
+            ));
+        }
+        if self.ctl.len() > MAX_CONTROL_BYTES {
+            result = Err(Closed::Abrupt("pings faster than it reads".into()));
+        }
+        result
+    }
+
+    /// Queues a close frame with `code` and `why`; nothing else goes out
+    /// after it.
+    pub fn close(&mut self, transport: &mut Transport, code: CloseCode, why: &'static str) {
+        if self.closing.is_some() {
+            return;
+        }
+        self.closing = Some(why);
+        self.queue.clear();
+        self.queued_bytes = 0;
+        let Subscriber {
+            ws,
+            ctl,
+            unfinished,
+            ..
+        } = self;
+        let mut io = Io {
+            transport,
+            ctl,
+            unfinished,
+        };
+        let frame = CloseFrame {
+            code,
+            reason: why.into(),
+        };
+        let _ = ws.close(&mut io, Some(frame));
+    }
+
+    /// Why it is closing, once a close frame is queued.
+    pub fn closing(&self) -> Option<&'static str> {
+        self.closing
+    }
+
+    /// Queues a ping.
+    pub fn ping(&mut self, transport: &mut Transport) {
+        self.pinged = Instant::now();
+        let Subscriber {
+            ws,
+            ctl,
+            unfinished,
+            ..
+        } = self;
+        let mut io = Io {
+            transport,
+            ctl,
+            unfinished,
+        };
+        let _ = ws
+            .write(&mut io, Frame::Ping(Default::default()))
+            .and_then(|()| ws.flush(&mut io));
+    }
+
+    /// Writes what waits, as far as the socket takes it.
+    pub fn write(&mut self, transport: &mut Transport, store: Option<&Store>) -> io::Result<Wants> {
+        loop {
+            if self.current.is_none() && !self.ctl.is_empty() {
+                match transport.write(&self.ctl) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        self.ctl.drain(..n);
+                        self.progress = Instant::now();
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Wants::Write),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            if self.closing.is_some() && self.current.is_none() {
+                transport.flush_pending()?;
+                return Ok(match transport.wants_write() {
+                    true => Wants::Write,
+                    false => Wants::Done,
+                });
+            }
+            if let Some(out) = &mut self.current {
+                match transport.write(out.rest()) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => {
+                        out.written += n;
+                        self.progress = Instant::now();
+                        if out.written == out.len() {
+                            self.current = None;
+                            self.sent += 1;
+                        }
+                        continue;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Wants::Write),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            let message = match self.queue.pop_front() {
+                None => break,
+                Some(Item::Live(message)) => {
+                    self.queued_bytes -= message.bytes.len();
+                    message
+                }
+                Some(Item::Stored(hook, seq)) => {
+                    match store.map(|s| s.load(&hook, seq)).transpose()?.flatten() {
+                        Some(message) => Arc::new(message),
+                        // Dropped by retention meanwhile: the subscriber sees the gap.
+                        None => continue,
+                    }
+                }
+            };
+            self.current = Some(self.frame(message));
+        }
+        self.progress = Instant::now();
+        transport.flush_pending()?;
+        Ok(match transport.wants_write() {
+            true => Wants::Write,
+            false => Wants::Read,
+        })
+    }
+
+    /// The frame of `message` as this subscriber gets it: the envelope, or
+    /// hookbot's raw body (`NAME\0BODY` on a prefix subscription).
+    fn frame(&self, message: Arc<Message>) -> Outgoing {
+        let (prefix, from) = match (self.envelope, &self.topic) {
+            (true, _) => (Vec::new(), 0),
+            (false, Topic::One(_)) => (Vec::new(), message.body_at),
+            (false, Topic::All) => {
+                let mut prefix = message.hook.as_bytes().to_vec();
+                prefix.push(0);
+                (prefix, message.body_at)
+            }
+        };
+        let mut head = frame_header(prefix.len() + message.bytes.len() - from);
+        head.extend_from_slice(&prefix);
+        Outgoing {
+            head,
+            message,
+            from,
+            written: 0,
+        }
+    }
+}
+
+/// Most messages read from one subscriber before others get their turn.
+const READ_TURN_MESSAGES: usize = 64;
 
 #[cfg(test)]
 mod tests {
