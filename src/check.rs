@@ -107,7 +107,9 @@ pub fn check(hooks_dir: &Path, key: Option<&Path>, user: Option<&str>) -> u8 {
                     config_problem = None;
                 }
             }
-            if let Ok(hook) = hook {
+            if let Ok(hook) = hook
+                && !hook.command.is_empty()
+            {
                 problems.extend(judge.command(&file, &hook.command));
             }
         }
@@ -132,12 +134,12 @@ pub fn check(hooks_dir: &Path, key: Option<&Path>, user: Option<&str>) -> u8 {
                 continue;
             }
             println!(
-                "{}{name}: ok: auth {}{}, {} runs {}",
+                "{}{name}: ok: auth {}{}, {} {}",
                 config::HOOKS_PREFIX,
                 hook.scheme.name(),
                 secrets_note(hook),
                 hook.methods.join("/"),
-                describe_command(&hook.command)
+                describe_action(hook)
             );
         }
     }
@@ -685,6 +687,26 @@ impl Sudo {
 
 /// What the ok line says a hook runs: the command after `sudo` and its
 /// options, with the user it runs as.
+/// What an accepted delivery does: runs the command, publishes, or both.
+fn describe_action(hook: &config::Hook) -> String {
+    let publish = hook.publish.map(|p| {
+        format!(
+            "publishes to {}{} (keeps {} messages, {} bytes)",
+            crate::relay::SUB_PREFIX,
+            hook.name,
+            p.keep,
+            p.max_bytes
+        )
+    });
+    match (hook.command.is_empty(), publish) {
+        (true, Some(publish)) => publish,
+        (false, Some(publish)) => {
+            format!("runs {} and {publish}", describe_command(&hook.command))
+        }
+        (_, None) => format!("runs {}", describe_command(&hook.command)),
+    }
+}
+
 fn describe_command(command: &[String]) -> String {
     match Sudo::parse(command) {
         Some(sudo) if !sudo.command.is_empty() => format!(

@@ -179,6 +179,13 @@ static MAX_CONNECTIONS_PER_SOURCE: Opt = Opt {
     },
 };
 
+static MAX_SUBSCRIBERS: Opt = Opt {
+    name: "max-subscribers",
+    value: "N",
+    help: "Most relay subscribers (websockets on /sub/hooks/) at once; more are answered 503. They also count against the connection limits [default: 4096]",
+    set: |a, v| put(&mut a.limits.max_subscribers, count("max-subscribers", v)?),
+};
+
 static PREAUTH_BUDGET: Opt = Opt {
     name: "preauth-budget",
     value: "BYTES",
@@ -374,6 +381,7 @@ pub const COMMANDS: [Subcommand; 7] = [
             &REQUEST_TIMEOUT,
             &MAX_CONNECTIONS,
             &MAX_CONNECTIONS_PER_SOURCE,
+            &MAX_SUBSCRIBERS,
             &PREAUTH_BUDGET,
             &STATE,
             &JOURNAL_KEEP,

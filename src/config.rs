@@ -56,7 +56,8 @@ pub const MAX_NAME_BYTES: usize = 64;
 pub struct Hook {
     /// The name: the file name without `.toml`, served at `/hooks/NAME`.
     pub name: String,
-    /// The program (absolute path) and its arguments.
+    /// The program (absolute path) and its arguments; empty for a hook
+    /// that only publishes (`publish = true` without `command`).
     pub command: Vec<String>,
     /// How senders are authenticated.
     pub scheme: Scheme,
@@ -81,7 +82,29 @@ pub struct Hook {
     /// The token may come as the query parameter `token` (for senders that
     /// can only be given a URL). INVARIANT: only with `Scheme::Token`.
     pub token_in_query: bool,
+    /// Accepted deliveries are stored and fanned out to relay subscribers
+    /// (`publish = true`); `None` for a hook that does not publish.
+    pub publish: Option<Publish>,
 }
+
+/// How much of a publishing hook's deliveries the relay keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Publish {
+    /// Most messages kept (`publish_keep`).
+    pub keep: usize,
+    /// Most bytes kept (`publish_max_bytes`); the newest message is kept
+    /// whatever its size.
+    pub max_bytes: u64,
+}
+
+/// Messages a publishing hook keeps unless its `publish_keep` says otherwise.
+pub const DEFAULT_PUBLISH_KEEP: u64 = 100;
+/// The largest `publish_keep` a hook may set.
+pub const MAX_PUBLISH_KEEP: u64 = 100_000;
+/// Bytes a publishing hook keeps unless its `publish_max_bytes` says otherwise.
+pub const DEFAULT_PUBLISH_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// The largest `publish_max_bytes` a hook may set (16 GiB).
+pub const MAX_PUBLISH_MAX_BYTES: u64 = 16 * 1024 * 1024 * 1024;
 
 /// When a hook's requests are answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +142,7 @@ pub const MAX_RESPOND_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// Every key a hook file may hold, as `HookFile` reads them.
-pub const HOOK_KEYS: [&str; 17] = [
+pub const HOOK_KEYS: [&str; 20] = [
     "command",
     "auth",
     "secret",
@@ -137,6 +160,9 @@ pub const HOOK_KEYS: [&str; 17] = [
     "allow_unauthenticated",
     "token_in_query",
     "match",
+    "publish",
+    "publish_keep",
+    "publish_max_bytes",
 ];
 
 /// A hook file as written; every key is optional so each gets a clear message.
@@ -159,6 +185,9 @@ struct HookFile {
     journal: Option<bool>,
     allow_unauthenticated: Option<bool>,
     token_in_query: Option<bool>,
+    publish: Option<bool>,
+    publish_keep: Option<u64>,
+    publish_max_bytes: Option<u64>,
     #[serde(rename = "match")]
     filter: Option<toml::Table>,
 }
@@ -360,10 +389,24 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         relay_only(&file)?;
     }
     let answer = answer(&file)?;
-    let command = file.command.ok_or(
-        "command: missing; give the program and its arguments, e.g. command = [\"/usr/bin/systemctl\", \"restart\", \"kodi.service\"]",
-    )?;
-    check_command(&command)?;
+    let publish = publish(&file)?;
+    let command = match (file.command, publish) {
+        (Some(command), _) => {
+            check_command(&command)?;
+            command
+        }
+        (None, Some(_)) if answer.respond != Respond::BeforeRun => {
+            return Err(
+                "respond: a hook that only publishes runs nothing to answer after; remove respond or add a command".into(),
+            );
+        }
+        (None, Some(_)) => Vec::new(),
+        (None, None) => {
+            return Err(
+                "command: missing; give the program and its arguments, e.g. command = [\"/usr/bin/systemctl\", \"restart\", \"kodi.service\"], or publish = true to fan deliveries out to relay subscribers".into(),
+            );
+        }
+    };
     let scheme = file.auth.ok_or(
         "auth: missing; choose token, github, gitea, forgejo, gitlab, bitbucket, standard-webhooks, stripe, slack, shopify, linear, sentry, discord, none or relay (see sockhook.toml(5))",
     )?;
@@ -465,6 +508,7 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         timeout,
         max_body,
         token_in_query: file.token_in_query.unwrap_or(false),
+        publish,
     })
 }
 
@@ -479,6 +523,9 @@ fn relay_only(file: &HookFile) -> Result<(), String> {
         ("include_stderr", file.include_stderr.is_some()),
         ("exit_status", file.exit_status.is_some()),
         ("match", file.filter.is_some()),
+        ("publish", file.publish.is_some()),
+        ("publish_keep", file.publish_keep.is_some()),
+        ("publish_max_bytes", file.publish_max_bytes.is_some()),
     ];
     if let Some((key, _)) = unused.iter().find(|(_, set)| *set) {
         return Err(format!(
@@ -489,6 +536,41 @@ fn relay_only(file: &HookFile) -> Result<(), String> {
         return Err("journal: auth = \"relay\" needs the journal (sockhook subscribe resumes from it); remove journal = false".into());
     }
     Ok(())
+}
+
+/// `publish` and the keys that only mean something with it.
+fn publish(file: &HookFile) -> Result<Option<Publish>, String> {
+    if file.publish != Some(true) {
+        for (key, set) in [
+            ("publish_keep", file.publish_keep.is_some()),
+            ("publish_max_bytes", file.publish_max_bytes.is_some()),
+        ] {
+            if set {
+                return Err(format!(
+                    "{key}: only applies with publish = true; remove it or add publish = true"
+                ));
+            }
+        }
+        return Ok(None);
+    }
+    let keep = within(
+        "publish_keep",
+        " messages",
+        file.publish_keep,
+        DEFAULT_PUBLISH_KEEP,
+        1..=MAX_PUBLISH_KEEP,
+    )?;
+    let max_bytes = within(
+        "publish_max_bytes",
+        " bytes",
+        file.publish_max_bytes,
+        DEFAULT_PUBLISH_MAX_BYTES,
+        1..=MAX_PUBLISH_MAX_BYTES,
+    )?;
+    Ok(Some(Publish {
+        keep: keep as usize,
+        max_bytes,
+    }))
 }
 
 /// `respond` and the keys that only mean something with it.

@@ -85,6 +85,9 @@ pub enum Refusal {
         /// Send `WWW-Authenticate: Basic` so that a browser prompts.
         challenge: bool,
     },
+    /// Credentials that are valid for something else: a relay subscriber's
+    /// token for another path, or a missing opt-in header (403).
+    Forbidden(String),
     /// No hook is served at this path (404).
     NotFound,
     /// The hook does not accept this method (405); `allow` lists the ones it does.
@@ -111,6 +114,8 @@ pub enum Refusal {
     UnsupportedContentCoding(String),
     /// The `Expect` header asks for something other than `100-continue` (417).
     ExpectationFailed,
+    /// A websocket upgrade asks for a version other than 13 (426).
+    UpgradeRequired,
     /// The request head is longer than `MAX_HEAD_BYTES` or has too many fields (431).
     HeadTooLarge,
     /// The hook's file, secret or the server key is broken (500).
@@ -141,6 +146,7 @@ impl Refusal {
         match self {
             Refusal::Malformed(_) => 400,
             Refusal::Unauthorized { .. } => 401,
+            Refusal::Forbidden(_) => 403,
             Refusal::NotFound => 404,
             Refusal::MethodNotAllowed { .. } => 405,
             Refusal::Timeout => 408,
@@ -149,6 +155,7 @@ impl Refusal {
             Refusal::TargetTooLong => 414,
             Refusal::UnsupportedMediaType | Refusal::UnsupportedContentCoding(_) => 415,
             Refusal::ExpectationFailed => 417,
+            Refusal::UpgradeRequired => 426,
             Refusal::HeadTooLarge => 431,
             Refusal::HookBroken(_) | Refusal::Internal { .. } => 500,
             Refusal::UnsupportedCoding => 501,
@@ -189,6 +196,7 @@ impl fmt::Display for Refusal {
         match self {
             Refusal::Malformed(why) => write!(f, "malformed request: {why}"),
             Refusal::Unauthorized { reason, .. } => write!(f, "unauthorized: {reason}"),
+            Refusal::Forbidden(why) => write!(f, "forbidden: {why}"),
             Refusal::NotFound => f.write_str("no such hook"),
             Refusal::MethodNotAllowed { allow } => {
                 write!(f, "method not allowed (allowed: {allow})")
@@ -205,6 +213,7 @@ impl fmt::Display for Refusal {
                 "Content-Encoding {coding} is not supported: this hook matches JSON fields in the body as sent; turn compression off at the sender"
             ),
             Refusal::ExpectationFailed => f.write_str("only Expect: 100-continue is supported"),
+            Refusal::UpgradeRequired => f.write_str("websocket version other than 13"),
             Refusal::HeadTooLarge => f.write_str("request head too large"),
             Refusal::HookBroken(problem) => write!(f, "hook misconfigured: {}", problem.message),
             Refusal::Internal { what, source } => write!(f, "unable to {what}: {source}"),

@@ -41,6 +41,7 @@ pub(crate) mod listen;
 pub(crate) mod proxy;
 pub(crate) mod reactor;
 pub(crate) mod read;
+pub(crate) mod relay;
 pub(crate) mod replay;
 pub(crate) mod request;
 pub(crate) mod respond;

@@ -65,6 +65,8 @@ pub struct Limits {
     pub connections_per_source: usize,
     /// Most connections in all.
     pub max_connections: usize,
+    /// Most relay subscribers at once (each is a connection too).
+    pub max_subscribers: usize,
     /// Bytes spooled before authentication, in all.
     pub preauth_budget: u64,
 }
@@ -74,6 +76,7 @@ impl Default for Limits {
         Limits {
             connections_per_source: DEFAULT_CONNECTIONS_PER_SOURCE,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_subscribers: crate::relay::DEFAULT_MAX_SUBSCRIBERS,
             preauth_budget: DEFAULT_PREAUTH_BUDGET,
         }
     }

@@ -25,6 +25,7 @@ use nix::errno::Errno;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
+use tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::act::{Dropped, Job, Out, Outcome, Watch};
 use crate::config::{Answer, Respond};
@@ -35,6 +36,7 @@ use crate::listen::{Endpoint, Stream};
 use crate::log::{self, Last, Level};
 use crate::proxy::{self, Trusted};
 use crate::read::{Head, HeadReader};
+use crate::relay::{self, Closed, Subscriber, Wants};
 use crate::request::{self, Accepted, Admitted, Config, Shared};
 use crate::respond::{
     CUT_MARKER, Closing, DRAIN_TIMEOUT, Ended as RunEnded, OUTPUT_MAX, REFUSAL_DRAIN_TIMEOUT,
@@ -132,6 +134,8 @@ enum Phase {
     Streaming(Box<Streaming>),
     /// Answering, then draining; the job starts when the socket is closed.
     Closing(Box<Answering>),
+    /// A relay subscriber, upgraded to a websocket.
+    Subscribed(Box<Subscriber>),
 }
 
 /// A client waiting for a run's outcome.
@@ -402,6 +406,8 @@ struct Reactor<'a> {
     refused: HashMap<Source, u64>,
     refused_reported: Option<Instant>,
     last_close: Instant,
+    /// The connections in `Phase::Subscribed`.
+    subscribers: BTreeSet<u64>,
 }
 
 /// Serves `listeners` (or the one `connection`) until idle, stopped, or served.
@@ -461,6 +467,7 @@ pub fn run(
         refused: HashMap::new(),
         refused_reported: None,
         last_close: Instant::now(),
+        subscribers: BTreeSet::new(),
     };
     let one = connection.is_some();
     if let Some(stream) = connection {
@@ -532,6 +539,7 @@ pub fn run(
                         );
                         stopping = true;
                         reactor.stop_accepting();
+                        reactor.close_subscribers(CloseCode::Away, "the relay is stopping");
                     }
                 }
                 WAKE => {
@@ -552,6 +560,7 @@ pub fn run(
         while let Ok(event) = reactor.run_events.try_recv() {
             reactor.on_run_event(event);
         }
+        reactor.fan_out();
         reactor.expire();
         reactor.report_refused(false);
         if (stopping || one) && reactor.conns.is_empty() && activity.runs() == 0 {
@@ -792,6 +801,12 @@ impl Reactor<'_> {
             Phase::Closing(answering) if !answering.closing.is_written() => self.closing(id, false),
             Phase::Closing(_) => self.closing(id, true),
             Phase::Streaming(_) => self.stream(id),
+            Phase::Subscribed(_) => {
+                if flags.intersects(EpollFlags::EPOLLIN) || trouble {
+                    self.sub_read(id);
+                }
+                self.sub_write(id);
+            }
             Phase::Deciding | Phase::Waiting(_) => {}
         }
     }
@@ -882,7 +897,11 @@ impl Reactor<'_> {
                 Ok(_) => {}
                 Err(refusal) => self.refuse(id, refusal, REFUSAL_DRAIN_TIMEOUT),
             },
-            Phase::Deciding | Phase::Waiting(_) | Phase::Streaming(_) | Phase::Closing(_) => {}
+            Phase::Deciding
+            | Phase::Waiting(_)
+            | Phase::Streaming(_)
+            | Phase::Closing(_)
+            | Phase::Subscribed(_) => {}
         }
     }
 
@@ -901,6 +920,9 @@ impl Reactor<'_> {
             None => conn.source,
         };
         self.config.refresh(&head.path);
+        if head.path.starts_with(relay::SUB_ROOT) {
+            return self.subscribe(id, head, rest);
+        }
         let (name, admitted) =
             request::admit(&self.config, self.shared, &head, source, !rest.is_empty());
         let Some(conn) = self.conns.get_mut(&id) else {
@@ -1287,6 +1309,7 @@ impl Reactor<'_> {
             return;
         };
         self.deadlines.remove(&(conn.deadline, id));
+        self.subscribers.remove(&id);
         if conn.watching.is_some() {
             let _ = self.epoll.delete(conn.transport.as_fd());
         }
@@ -1347,9 +1370,189 @@ impl Reactor<'_> {
                     );
                     self.close(id);
                 }
+                Phase::Subscribed(_) => self.sub_tick(id),
                 Phase::Deciding => {}
             }
         }
+    }
+
+    /// A request for a `/sub/` path: upgraded to a subscriber, or refused.
+    fn subscribe(&mut self, id: u64, head: Head, rest: Vec<u8>) {
+        let store = self.shared.relay.as_ref();
+        let upgrade = relay::upgrade(&self.config, &head, store);
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let upgrade = match upgrade {
+            Ok(_) if self.subscribers.len() >= self.settings.limits.max_subscribers => {
+                return self.refuse(id, Refusal::Busy("too many subscribers"), DRAIN_TIMEOUT);
+            }
+            Ok(upgrade) => upgrade,
+            Err(refusal) => {
+                conn.hook = head
+                    .path
+                    .strip_prefix(relay::SUB_PREFIX)
+                    .filter(|name| !name.is_empty())
+                    .map(str::to_owned);
+                return self.refuse(id, refusal, REFUSAL_DRAIN_TIMEOUT);
+            }
+        };
+        let framing = match upgrade.envelope {
+            true => relay::SUBPROTOCOL,
+            false => "hookbot framing",
+        };
+        let subscriber = Subscriber::new(upgrade, rest, store);
+        let topic = match &subscriber.topic {
+            relay::Topic::One(name) => format!("hook {name}"),
+            relay::Topic::All => "every published hook".to_owned(),
+        };
+        let peer = describe_client(conn);
+        let line = conn.line.as_deref().unwrap_or("- -");
+        info!(
+            "{peer} {line} 101: subscribed to {topic} ({framing}), {} stored message(s) to catch up",
+            subscriber.replayed
+        );
+        conn.phase = Phase::Subscribed(Box::new(subscriber));
+        self.subscribers.insert(id);
+        self.sub_write(id);
+        self.sub_deadline(id);
+    }
+
+    /// Reads what subscriber `id` sent.
+    fn sub_read(&mut self, id: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Phase::Subscribed(sub) = &mut conn.phase else {
+            return;
+        };
+        if let Err(closed) = sub.read(&mut conn.transport) {
+            self.sub_close(id, closed);
+        }
+    }
+
+    /// Writes what waits for subscriber `id`, and watches for what it needs.
+    fn sub_write(&mut self, id: u64) {
+        let store = self.shared.relay.as_ref();
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Phase::Subscribed(sub) = &mut conn.phase else {
+            return;
+        };
+        match sub.write(&mut conn.transport, store) {
+            Ok(Wants::Write) => self.watch(id, Some(EpollFlags::EPOLLIN | EpollFlags::EPOLLOUT)),
+            Ok(Wants::Read) => self.watch(id, Some(EpollFlags::EPOLLIN)),
+            Ok(Wants::Done) => {
+                let why = sub.closing().unwrap_or("closed");
+                let note = format!(
+                    "subscriber closed: {why}; sent {} message(s) in {} s",
+                    sub.sent,
+                    conn.accepted.elapsed().as_secs()
+                );
+                self.subscribers.remove(&id);
+                self.answer_bytes(id, Vec::new(), 101, Level::Info, note, DRAIN_TIMEOUT);
+            }
+            Err(e) => self.sub_close(id, Closed::Abrupt(format!("write failed: {e}"))),
+        }
+    }
+
+    /// Closes subscriber `id`: with a close frame, or at once.
+    fn sub_close(&mut self, id: u64, closed: Closed) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let peer = describe_client(conn);
+        let Phase::Subscribed(sub) = &mut conn.phase else {
+            return;
+        };
+        match closed {
+            Closed::Clean(code, why) => {
+                if code == CloseCode::Away {
+                    info!("{peer}: subscriber closed: {why}");
+                } else {
+                    warning!("{peer}: subscriber closed: {why}");
+                }
+                sub.close(&mut conn.transport, code, why);
+                self.sub_write(id);
+            }
+            Closed::Abrupt(why) => {
+                let sent = sub.sent;
+                let secs = conn.accepted.elapsed().as_secs();
+                info!("{peer}: subscriber gone: {why}; sent {sent} message(s) in {secs} s");
+                self.close(id);
+            }
+        }
+    }
+
+    /// Sends every message stored since the last turn to its subscribers.
+    fn fan_out(&mut self) {
+        let Some(store) = self.shared.relay.as_ref() else {
+            return;
+        };
+        let live = store.take_live();
+        if live.is_empty() {
+            return;
+        }
+        let ids: Vec<u64> = self.subscribers.iter().copied().collect();
+        for id in ids {
+            let Some(Phase::Subscribed(sub)) = self.conns.get_mut(&id).map(|c| &mut c.phase) else {
+                continue;
+            };
+            let offered = live.iter().try_for_each(|message| sub.offer(message));
+            match offered {
+                Ok(()) => self.sub_write(id),
+                Err(closed) => self.sub_close(id, closed),
+            }
+            self.sub_deadline(id);
+        }
+    }
+
+    /// Closes every subscriber with `code` (the relay stops).
+    fn close_subscribers(&mut self, code: CloseCode, why: &'static str) {
+        let ids: Vec<u64> = self.subscribers.iter().copied().collect();
+        for id in ids {
+            self.sub_close(id, Closed::Clean(code, why));
+        }
+    }
+
+    /// Sets subscriber `id`'s deadline: its next ping, its idle close, or
+    /// the end of the time it has to take what waits.
+    fn sub_deadline(&mut self, id: u64) {
+        let Some(Phase::Subscribed(sub)) = self.conns.get(&id).map(|c| &c.phase) else {
+            return;
+        };
+        let mut at = (sub.pinged + relay::PING_EVERY).min(sub.heard + relay::IDLE_CLOSE);
+        if sub.busy() {
+            at = at.min(sub.progress + WRITE_TIMEOUT);
+        }
+        self.set_deadline(id, at);
+    }
+
+    /// Subscriber `id`'s deadline passed: ping it, or close it.
+    fn sub_tick(&mut self, id: u64) {
+        let Some(conn) = self.conns.get_mut(&id) else {
+            return;
+        };
+        let Phase::Subscribed(sub) = &mut conn.phase else {
+            return;
+        };
+        let now = Instant::now();
+        if sub.busy() && now >= sub.progress + WRITE_TIMEOUT {
+            let secs = WRITE_TIMEOUT.as_secs();
+            return self.sub_close(
+                id,
+                Closed::Abrupt(format!("took nothing for {secs} s (it resumes later)")),
+            );
+        }
+        if now >= sub.heard + relay::IDLE_CLOSE {
+            return self.sub_close(id, Closed::Clean(CloseCode::Away, "sent nothing for 120 s"));
+        }
+        if now >= sub.pinged + relay::PING_EVERY && sub.closing().is_none() {
+            sub.ping(&mut conn.transport);
+            self.sub_write(id);
+        }
+        self.sub_deadline(id);
     }
 }
 

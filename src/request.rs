@@ -21,6 +21,7 @@ use crate::journal::{Journal, Recorder};
 use crate::limits::{Budget, Reservation, Source};
 use crate::log::{Clean, Level};
 use crate::read::{BodyDecoder, Framing, Head, Spool};
+use crate::relay::{Meta, Store};
 use crate::replay::Replay;
 use crate::respond::Response;
 use crate::route;
@@ -105,6 +106,9 @@ pub struct Shared {
     pub budget: Arc<Budget>,
     /// Where accepted deliveries are kept; `None` without a state directory.
     pub journal: Option<Journal>,
+    /// Where published deliveries are kept for the relay's subscribers;
+    /// `None` without a state directory or when it cannot be made.
+    pub relay: Option<Store>,
 }
 
 /// A request whose head passed: its hook, what is left to verify, and how
@@ -124,8 +128,11 @@ pub struct Admitted {
 
 /// An authenticated request, as its hook's filters judged it.
 pub enum Accepted {
-    /// Run the command.
+    /// Run the command (and, if the hook publishes, published first).
     Run(Box<Job>),
+    /// Stored for the relay's subscribers under this sequence number; the
+    /// hook has no command.
+    Published(u64),
     /// A filter said no: answered 200, nothing runs.
     Ignored(Ignored),
 }
@@ -249,6 +256,14 @@ pub fn decide(
     {
         return Ok(Accepted::Ignored(why));
     }
+    // Relay store → journal: a delivery refused for want of the relay's
+    // store is neither published nor run.
+    if hook.publish.is_some() {
+        let seq = publish(shared, &hook, head, &body.map()?)?;
+        if hook.command.is_empty() {
+            return Ok(Accepted::Published(seq));
+        }
+    }
     let ticket = shared.runner.ticket();
     let mut job = Job::new(hook, head, client, body, ticket);
     // Journal → job: on disk before the answer says yes.
@@ -260,10 +275,35 @@ pub fn decide(
     Ok(Accepted::Run(Box::new(job)))
 }
 
+/// Stores a delivery of a publishing hook for the relay; its sequence number.
+fn publish(shared: &Shared, hook: &Hook, head: &Head, body: &[u8]) -> Result<u64, Refusal> {
+    let Some(store) = &shared.relay else {
+        return Err(Refusal::NotStored(std::io::Error::other(
+            "no relay store (no StateDirectory= or --state, or it cannot be written)",
+        )));
+    };
+    let field = |name: Option<&str>| {
+        name.and_then(|n| head.header(n))
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
+    let meta = Meta {
+        event: field(hook.scheme.event_header()),
+        delivery: field(hook.scheme.delivery_header()),
+        content_type: field(Some("content-type")),
+    };
+    store.publish(hook, &meta, body)
+}
+
 /// The response to an outcome, with the level and the words of its log line.
 pub fn answer(outcome: &Result<Accepted, Refusal>) -> (Response, Level, String) {
     match outcome {
         Ok(Accepted::Run(_)) => (Response::accepted(), Level::Info, "accepted".to_owned()),
+        Ok(Accepted::Published(seq)) => (
+            Response::accepted(),
+            Level::Info,
+            format!("accepted: published as {seq}"),
+        ),
         Ok(Accepted::Ignored(why)) => (
             Response::ok(&format!("ignored: {why}")),
             Level::Info,

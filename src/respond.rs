@@ -85,6 +85,10 @@ impl Response {
         let mut headers = Vec::new();
         match refusal {
             Refusal::MethodNotAllowed { allow } => headers.push(("Allow", allow.clone())),
+            Refusal::UpgradeRequired => {
+                headers.push(("Sec-WebSocket-Version", "13".into()));
+                headers.push(("Upgrade", "websocket".into()));
+            }
             Refusal::Busy(_) | Refusal::NotStored(_) => {
                 headers.push(("Retry-After", RETRY_AFTER_SECS.to_string()));
             }
@@ -280,13 +284,15 @@ pub const OUTPUT_MAX: usize = 64 * 1024;
 pub const CUT_MARKER: &[u8] = b"\n[sockhook: output cut at 65536 bytes]\n";
 
 /// Every status sockhook sends, with its reason phrase (RFC 9110 §15).
-pub const STATUSES: [(u16, &str); 21] = [
+pub const STATUSES: [(u16, &str); 24] = [
     (100, "Continue"),
+    (101, "Switching Protocols"),
     (200, "OK"),
     (202, "Accepted"),
     (204, "No Content"),
     (400, "Bad Request"),
     (401, "Unauthorized"),
+    (403, "Forbidden"),
     (404, "Not Found"),
     (405, "Method Not Allowed"),
     (408, "Request Timeout"),
@@ -295,6 +301,7 @@ pub const STATUSES: [(u16, &str); 21] = [
     (414, "URI Too Long"),
     (415, "Unsupported Media Type"),
     (417, "Expectation Failed"),
+    (426, "Upgrade Required"),
     (431, "Request Header Fields Too Large"),
     (500, "Internal Server Error"),
     (501, "Not Implemented"),
@@ -306,9 +313,8 @@ pub const STATUSES: [(u16, &str); 21] = [
 
 /// Statuses sockhook sends only when a hook's `exit_status` maps to them,
 /// with their reason phrases (RFC 9110 §15, RFC 6585).
-const MAPPED_STATUSES: [(u16, &str); 10] = [
+const MAPPED_STATUSES: [(u16, &str); 9] = [
     (201, "Created"),
-    (403, "Forbidden"),
     (409, "Conflict"),
     (410, "Gone"),
     (412, "Precondition Failed"),

@@ -21,6 +21,7 @@ use crate::limits::{Budget, Limits};
 use crate::listen::{self, Endpoint, Socket};
 use crate::proxy::Trusted;
 use crate::reactor::{self, Ended, Settings};
+use crate::relay;
 use crate::replay::Replay;
 use crate::request::{Config, Shared};
 use crate::tls;
@@ -180,6 +181,7 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
         .map(|(name, _)| name.to_owned())
         .collect();
     let journal = open_journal(options);
+    let relay = open_relay(options, &config);
     let limits = options.limits;
     let shared = Arc::new(Shared {
         replay: Replay::new(runtime.as_deref()),
@@ -190,6 +192,7 @@ pub fn serve(options: &Options) -> Result<u8, Error> {
         ),
         budget: Budget::new(limits.preauth_budget, limits.preauth_share()),
         journal,
+        relay,
     });
     if let Some(journal) = &shared.journal {
         journal::resume(journal, &config.hooks, &shared.runner);
@@ -263,6 +266,37 @@ fn open_journal(options: &Options) -> Option<Journal> {
         );
     }
     Some(journal)
+}
+
+/// The relay's store, when a hook publishes; `None` (said once) when
+/// there is no state directory or the store cannot be made, and then
+/// publishing hooks answer 503.
+fn open_relay(options: &Options, config: &Config) -> Option<relay::Store> {
+    let publishing = config
+        .hooks
+        .iter()
+        .any(|(_, hook)| hook.as_ref().is_ok_and(|h| h.publish.is_some()));
+    if !publishing {
+        return None;
+    }
+    let Some(state) = Journal::state_dir(options.state.as_deref()) else {
+        {
+            crate::error!(
+                "no StateDirectory= and no --state: hooks with publish = true answer 503, as nothing can be stored for subscribers"
+            );
+        }
+        return None;
+    };
+    match relay::Store::open(&state) {
+        Ok(store) => Some(store),
+        Err(e) => {
+            crate::error!(
+                "unable to open the relay's store in {}/relay: {e}; hooks with publish = true answer 503",
+                state.display()
+            );
+            None
+        }
+    }
 }
 
 /// Blocks SIGTERM and SIGINT in every thread and returns an fd that reports them.

@@ -613,7 +613,7 @@ pub const QUERY_TOKEN: &str = "token";
 
 /// The token a client sent: the Basic-auth user name, or a Bearer token, or
 /// (when `in_query`, and no `Authorization` was sent) the query parameter `token`.
-fn presented_token(head: &Head, in_query: bool) -> Result<String, Refusal> {
+pub fn presented_token(head: &Head, in_query: bool) -> Result<String, Refusal> {
     let missing = || Refusal::Unauthorized {
         reason: if in_query {
             format!(
