@@ -235,7 +235,7 @@ impl Relay {
         wait_for(
             &format!("{n} subscriber(s)"),
             || self.clients() == n,
-            || String::new(),
+            String::new,
         );
     }
 }
