@@ -252,6 +252,7 @@ BENCH_ARGS ?=
 bench: build
 	bench/run --sockhook $(BIN) $(BENCH_ARGS)
 	bench/run --attack --sockhook $(BIN) $(if $(filter --quick,$(BENCH_ARGS)),--quick)
+	bench/run --relay --sockhook $(BIN) $(if $(filter --quick,$(BENCH_ARGS)),--quick)
 
 # `make bench-attack`: only the attack cases of issue 9 (bench/attack.py;
 # also run by `make bench`): 64 fake-signed 25 MiB bodies held, and 2,000 slow
