@@ -795,6 +795,8 @@ impl Subscriber {
                 }
             }
         }
+        // The pong or the close reply tungstenite holds, into `ctl`.
+        let _ = ws.flush(&mut io);
         if result.is_ok() && self.unfinished > MAX_UNFINISHED_BYTES {
             result = Err(Closed::Clean(
                 CloseCode::Size,
@@ -956,7 +958,7 @@ mod tests {
     fn accept_key_is_rfc_6455s_example() {
         assert_eq!(
             accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZK+xOo4Y="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 
