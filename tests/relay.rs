@@ -7,6 +7,8 @@
 
 mod support;
 
+use support::pki::Pki;
+
 use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -23,12 +25,13 @@ use support::harness::*;
 /// argv[2] (JSON) and the subprotocols after, prints `status N` if refused,
 /// else `subprotocol P`, then `message HEX` for each of argv[3] messages.
 const SUBSCRIBER_PY: &str = r#"
-import asyncio, json, sys
+import asyncio, json, os, ssl, sys
 import websockets
 url, headers, count, protocols = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+tls = ssl.create_default_context(cafile=os.environ["CA"]) if url.startswith("wss:") else None
 async def main():
     try:
-        ws = await websockets.connect(url, additional_headers=headers,
+        ws = await websockets.connect(url, additional_headers=headers, ssl=tls,
                                       subprotocols=protocols or None, max_size=None, open_timeout=20)
     except websockets.exceptions.InvalidStatus as e:
         print("status", e.response.status_code, flush=True)
@@ -108,6 +111,23 @@ impl Subscriber {
         envelope: bool,
         count: usize,
     ) -> Subscriber {
+        Subscriber::to(
+            &format!("ws://{addr}{path}"),
+            None,
+            headers,
+            envelope,
+            count,
+        )
+    }
+
+    /// The same for `url`, trusting `ca` for `wss://`.
+    fn to(
+        url: &str,
+        ca: Option<&Path>,
+        headers: &[&str],
+        envelope: bool,
+        count: usize,
+    ) -> Subscriber {
         let headers: HashMap<&str, &str> = headers
             .iter()
             .map(|h| {
@@ -118,8 +138,11 @@ impl Subscriber {
         let headers = json(&headers);
         let mut command = Command::new("python3");
         command
-            .args(["-c", SUBSCRIBER_PY, &format!("ws://{addr}{path}"), &headers])
+            .args(["-c", SUBSCRIBER_PY, url, &headers])
             .arg(count.to_string());
+        if let Some(ca) = ca {
+            command.env("CA", ca);
+        }
         if envelope {
             command.arg("sockhook.relay.1");
         }
@@ -1002,5 +1025,91 @@ fn a_thousand_idle_subscribers_cost_little_and_all_get_each_message() {
     assert!(per < 64 * 1024, "{per} bytes per subscriber");
     let _ = child.kill();
     let _ = child.wait();
+    served.stop();
+}
+
+#[test]
+fn subscribers_over_https_get_every_byte() {
+    let r = Relay::new("relay-tls");
+    let auth = r.publisher("kodi", "max_body = 4194304\n");
+    let pki = Pki::new(&r.f.dir.join("pki"));
+    let leaf = pki.localhost("server");
+    let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tls = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tls_addr = tls.local_addr().unwrap();
+    let fds = [
+        std::os::fd::AsRawFd::as_raw_fd(&plain),
+        std::os::fd::AsRawFd::as_raw_fd(&tls),
+    ];
+    let state = r.state.to_str().unwrap();
+    let args = [
+        "--tls-cert",
+        leaf.cert.to_str().unwrap(),
+        "--tls-key",
+        leaf.key.to_str().unwrap(),
+        "--state",
+        state,
+        "--idle-timeout",
+        "60",
+    ];
+    let server =
+        r.f.serve_named(&fds, plain.local_addr().unwrap(), "http:https", &args);
+    let token = bearer(&r.f.token("/sub/hooks/"));
+    let url = format!("wss://localhost:{}/sub/hooks/", tls_addr.port());
+    let sub = Subscriber::to(&url, Some(&pki.ca), &[&token], true, 2);
+    assert_eq!(sub.subscribed(), "sockhook.relay.1");
+    // Larger than rustls's and the socket's buffers: written in many turns.
+    let big: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    assert_eq!(
+        publish(&server, "/hooks/kodi", &auth, b"small").status(),
+        204
+    );
+    assert_eq!(publish(&server, "/hooks/kodi", &auth, &big).status(), 204);
+    assert_eq!(envelope(&sub.message()).1, b"small");
+    assert_eq!(envelope(&sub.message()).1, big);
+    drop(sub);
+    server.stop();
+}
+
+#[test]
+fn a_relay_with_subscribers_does_not_exit_idle_and_a_stop_closes_them() {
+    let r = Relay::new("relay-idle");
+    r.publisher("kodi", "");
+    let served = r.serve(&["--idle-timeout", "1"]);
+    let token = bearer(&r.f.token("/sub/hooks/kodi"));
+    let mut stream = raw_subscribe(&served, "/sub/hooks/kodi", &[&token]);
+    let mut server = served.release();
+    // Three idle timeouts with only the subscriber connected: still serving.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert!(
+            server.running(),
+            "exited idle with a subscriber:\n{}",
+            server.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let pid = nix::unistd::Pid::from_raw(server.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert_eq!(close_code(&mut stream), 1001);
+    let (status, log) = server.wait(PATIENCE);
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("subscriber closed: the relay is stopping"),
+        "{log}"
+    );
+}
+
+#[test]
+fn subscribers_are_bounded_by_max_subscribers() {
+    let r = Relay::new("relay-max");
+    r.publisher("kodi", "");
+    let served = r.serve(&["--max-subscribers", "2"]);
+    let token = bearer(&r.f.token("/sub/hooks/kodi"));
+    let _one = raw_subscribe(&served, "/sub/hooks/kodi", &[&token]);
+    let _two = raw_subscribe(&served, "/sub/hooks/kodi", &[&token]);
+    let third = Subscriber::connect(served.addr, "/sub/hooks/kodi", &[&token], true, 0);
+    assert_eq!(third.refused(), 503);
+    served.wait_log("503 hook kodi: busy: too many subscribers", 1);
     served.stop();
 }
