@@ -980,6 +980,21 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
 }
 
+/// Whether `bytes` hold a whole unmasked server frame.
+fn frame_complete(bytes: &[u8]) -> bool {
+    let (len, at) = match bytes.get(1).map(|b| b & 0x7f) {
+        None => return false,
+        Some(126) if bytes.len() >= 4 => (u16::from_be_bytes([bytes[2], bytes[3]]) as usize, 4),
+        Some(127) if bytes.len() >= 10 => (
+            u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+            10,
+        ),
+        Some(126 | 127) => return false,
+        Some(len) => (len as usize, 2),
+    };
+    bytes.len() >= at + len
+}
+
 /// Reads one server frame from each of `streams` (non-blocking, watched by
 /// epoll); returns when each was complete.
 fn arrivals(streams: &[TcpStream]) -> Vec<Instant> {
@@ -1005,11 +1020,7 @@ fn arrivals(streams: &[TcpStream]) -> Vec<Instant> {
             while let Ok(k @ 1..) = stream.read(&mut buf) {
                 got[i].extend_from_slice(&buf[..k]);
             }
-            let frame = &got[i];
-            if done[i].is_none()
-                && frame.len() >= 2
-                && frame.len() >= 2 + (frame[1] & 0x7f) as usize
-            {
+            if done[i].is_none() && frame_complete(&got[i]) {
                 done[i] = Some(Instant::now());
                 got[i].clear();
                 left -= 1;
@@ -1021,11 +1032,25 @@ fn arrivals(streams: &[TcpStream]) -> Vec<Instant> {
 
 #[test]
 fn a_thousand_idle_subscribers_cost_little_and_all_get_each_message() {
-    let subscribers = 1000;
-    let publishes = 5;
+    scale(1000, 5, 16);
+}
+
+/// `make bench-relay`: more subscribers, more publishes, a larger body.
+#[test]
+#[ignore = "a benchmark: make bench-relay"]
+fn bench_relay() {
+    scale(4000, 20, 16);
+    scale(1000, 10, 64 * 1024);
+}
+
+/// `subscribers` idle subscribers from 127.0.0.2–254, then `publishes`
+/// messages of `size` bytes: sockhook's RSS per subscriber and the time from
+/// each POST to each subscriber's copy, printed.
+fn scale(subscribers: usize, publishes: usize, size: usize) {
     let r = Relay::new("relay-scale");
     let auth = r.publisher("kodi", "");
-    let served = r.serve(&[]);
+    let max = (subscribers + 64).to_string();
+    let served = r.serve(&["--max-subscribers", &max, "--max-connections", &max]);
     let token = bearer(&r.f.token("/sub/hooks/kodi"));
     // The test holds a socket per subscriber.
     let (_, hard) =
@@ -1089,7 +1114,7 @@ fn a_thousand_idle_subscribers_cost_little_and_all_get_each_message() {
     }
     all.sort();
     println!(
-        "fan-out to {subscribers} over {publishes} publishes: median {:?}, p99 {:?}",
+        "fan-out of {size} bytes to {subscribers} over {publishes} publishes: median {:?}, p99 {:?}",
         percentile(&all, 50),
         percentile(&all, 99)
     );
