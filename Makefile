@@ -68,7 +68,7 @@ put = echo "install: $(1) $(2)" && tmp=$$(mktemp "$(dir $(2)).$(notdir $(2)).XXX
 # umask; never change an existing one (Debian's /etc/sudoers.d is 0750).
 mkd = [ -d "$(2)" ] || { echo "install: $(1) $(2)/" && (umask 022 && mkdir -p "$(2)") && chmod $(1) "$(2)"; }
 
-.PHONY: all build test attack run install uninstall check-units clean deb fuzz bench bench-attack bench-systemd
+.PHONY: all build test attack run install uninstall check-units clean deb fuzz bench bench-attack bench-relay bench-systemd
 .DELETE_ON_ERROR:
 
 all: build
@@ -265,6 +265,12 @@ BENCH_ATTACK_ARGS ?=
 
 bench-attack: build
 	bench/run --attack --sockhook $(BIN) $(BENCH_ATTACK_ARGS)
+
+# `make bench-relay`: the relay (issue 16) with 4,000 idle subscribers and
+# 20 publishes, then 1,000 with 64 KiB messages: sockhook's RSS per subscriber
+# and the time from each POST to each copy (tests/relay.rs, bench_relay).
+bench-relay:
+	$(CARGO) test --release --locked --test relay bench_relay -- --ignored --nocapture
 
 # `make bench-systemd` (root): the first request after idle under a real
 # systemd, in the system-test sandbox: the shipped units, the floor with the

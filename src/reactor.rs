@@ -1383,19 +1383,17 @@ impl Reactor<'_> {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
+        conn.hook = head
+            .path
+            .strip_prefix(relay::SUB_PREFIX)
+            .filter(|name| !name.is_empty())
+            .map(str::to_owned);
         let upgrade = match upgrade {
             Ok(_) if self.subscribers.len() >= self.settings.limits.max_subscribers => {
                 return self.refuse(id, Refusal::Busy("too many subscribers"), DRAIN_TIMEOUT);
             }
             Ok(upgrade) => upgrade,
-            Err(refusal) => {
-                conn.hook = head
-                    .path
-                    .strip_prefix(relay::SUB_PREFIX)
-                    .filter(|name| !name.is_empty())
-                    .map(str::to_owned);
-                return self.refuse(id, refusal, REFUSAL_DRAIN_TIMEOUT);
-            }
+            Err(refusal) => return self.refuse(id, refusal, REFUSAL_DRAIN_TIMEOUT),
         };
         let framing = match upgrade.envelope {
             true => relay::SUBPROTOCOL,

@@ -118,17 +118,23 @@ struct Index {
     bytes: u64,
 }
 
-struct Inner {
-    hooks: HashMap<String, Index>,
-    /// Stored messages the event loop has not fanned out yet, in order.
-    live: VecDeque<Arc<Message>>,
-}
-
 /// The relay's store under `STATE/relay/`.
+///
+/// Three locks, so that the event loop never waits for a disk: `writing`
+/// is held by the worker storing a message, across its fsyncs; `hooks` and
+/// `live` only for a moment, by the workers and the loop.
 pub struct Store {
     dir: PathBuf,
     epoch: String,
-    inner: Mutex<Inner>,
+    /// Held while a message is written: one at a time, in sequence order.
+    writing: Mutex<()>,
+    hooks: Mutex<HashMap<String, Index>>,
+    /// Stored messages the event loop has not fanned out yet, in order.
+    live: Mutex<VecDeque<Arc<Message>>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Store {
@@ -154,20 +160,15 @@ impl Store {
         Ok(Store {
             dir,
             epoch,
-            inner: Mutex::new(Inner {
-                hooks,
-                live: VecDeque::new(),
-            }),
+            writing: Mutex::new(()),
+            hooks: Mutex::new(hooks),
+            live: Mutex::new(VecDeque::new()),
         })
     }
 
     /// The epoch, 16 hex digits chosen when the store was made.
     pub fn epoch(&self) -> &str {
         &self.epoch
-    }
-
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn hook_dir(&self, hook: &str) -> PathBuf {
@@ -184,9 +185,8 @@ impl Store {
                 io::Error::other("the hook does not publish"),
             ));
         };
-        let mut inner = self.lock();
-        let index = inner.hooks.entry(hook.name.clone()).or_default();
-        let seq = index.last + 1;
+        let _writing = lock(&self.writing);
+        let seq = lock(&self.hooks).get(&hook.name).map_or(0, |i| i.last) + 1;
         let received = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -210,37 +210,44 @@ impl Store {
         bytes.extend_from_slice(body);
         let dir = self.hook_dir(&hook.name);
         write_synced(&dir, seq, &bytes).map_err(Refusal::NotStored)?;
-        index.last = seq;
-        index.kept.push_back((seq, bytes.len() as u64));
-        index.bytes += bytes.len() as u64;
-        while index.kept.len() > 1
-            && (index.kept.len() > publish.keep || index.bytes > publish.max_bytes)
+        let mut dropped = Vec::new();
         {
-            let Some((old, size)) = index.kept.pop_front() else {
-                break;
-            };
-            index.bytes -= size;
-            // A file left behind is only dropped again at the next start.
-            let _ = fs::remove_file(dir.join(file_name(old)));
+            let mut hooks = lock(&self.hooks);
+            let index = hooks.entry(hook.name.clone()).or_default();
+            index.last = seq;
+            index.kept.push_back((seq, bytes.len() as u64));
+            index.bytes += bytes.len() as u64;
+            while index.kept.len() > 1
+                && (index.kept.len() > publish.keep || index.bytes > publish.max_bytes)
+            {
+                let Some((old, size)) = index.kept.pop_front() else {
+                    break;
+                };
+                index.bytes -= size;
+                dropped.push(old);
+            }
         }
-        inner.live.push_back(Arc::new(Message {
+        lock(&self.live).push_back(Arc::new(Message {
             hook: hook.name.clone(),
             seq,
             bytes,
             body_at,
         }));
+        for old in dropped {
+            // A file left behind is only dropped again at the next start.
+            let _ = fs::remove_file(dir.join(file_name(old)));
+        }
         Ok(seq)
     }
 
     /// The messages stored and not yet fanned out, in order.
     pub fn take_live(&self) -> VecDeque<Arc<Message>> {
-        std::mem::take(&mut self.lock().live)
+        std::mem::take(&mut lock(&self.live))
     }
 
     /// The last sequence number of every hook that has published.
     pub fn lasts(&self) -> HashMap<String, u64> {
-        self.lock()
-            .hooks
+        lock(&self.hooks)
             .iter()
             .map(|(name, index)| (name.clone(), index.last))
             .collect()
@@ -248,7 +255,7 @@ impl Store {
 
     /// The sequence numbers kept for `hook` above `after`, oldest first.
     pub fn kept_after(&self, hook: &str, after: u64) -> Vec<u64> {
-        self.lock().hooks.get(hook).map_or_else(Vec::new, |index| {
+        lock(&self.hooks).get(hook).map_or_else(Vec::new, |index| {
             index
                 .kept
                 .iter()
@@ -795,6 +802,8 @@ impl Subscriber {
                 }
             }
         }
+        // The pong or the close reply tungstenite holds, into `ctl`.
+        let _ = ws.flush(&mut io);
         if result.is_ok() && self.unfinished > MAX_UNFINISHED_BYTES {
             result = Err(Closed::Clean(
                 CloseCode::Size,
@@ -956,7 +965,7 @@ mod tests {
     fn accept_key_is_rfc_6455s_example() {
         assert_eq!(
             accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZK+xOo4Y="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 

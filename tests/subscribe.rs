@@ -33,7 +33,7 @@ const EPOCH: &str = "00112233aabbccdd";
 
 /// Whether the stand-in can run: Python's websockets (CI installs it).
 fn standin_or_skip() -> bool {
-    let found = Command::new("python3")
+    let found = Command::new("/usr/bin/python3")
         .args(["-c", "import websockets.asyncio.server"])
         .output()
         .is_ok_and(|o| o.status.success());
@@ -179,7 +179,7 @@ impl Relay {
 
     /// Starts it again (same ports, same store), after [`Relay::kill`].
     fn restart(&mut self) {
-        let mut command = Command::new("python3");
+        let mut command = Command::new("/usr/bin/python3");
         command
             .arg(STANDIN)
             .arg(self.port.to_string())
