@@ -159,10 +159,10 @@ pub const HOOK_KEYS: [&str; 20] = [
     "journal",
     "allow_unauthenticated",
     "token_in_query",
-    "match",
     "publish",
     "publish_keep",
     "publish_max_bytes",
+    "match",
 ];
 
 /// A hook file as written; every key is optional so each gets a clear message.
@@ -923,6 +923,23 @@ mod tests {
         let e = build_str("command = [\"/bin/true\"]\nauth = \"token\"\nevents = [\"push\"]\n")
             .unwrap_err();
         assert!(e.starts_with("events:"), "{e}");
+    }
+
+    #[test]
+    fn a_hook_that_publishes_may_run_nothing() {
+        let hook = build_str("auth = \"token\"\npublish = true\npublish_keep = 7\n").unwrap();
+        assert!(hook.command.is_empty());
+        assert_eq!(
+            hook.publish,
+            Some(Publish {
+                keep: 7,
+                max_bytes: DEFAULT_PUBLISH_MAX_BYTES
+            })
+        );
+        let e = build_str("auth = \"token\"\npublish = true\npublish_keep = 0\n").unwrap_err();
+        assert!(e.starts_with("publish_keep: 0 messages is outside"), "{e}");
+        let e = build_str("auth = \"token\"\npublish = false\n").unwrap_err();
+        assert!(e.starts_with("command: missing"), "{e}");
     }
 
     #[test]

@@ -1208,3 +1208,28 @@ fn subscribers_are_bounded_by_max_subscribers() {
     served.wait_log("503 hook kodi: busy: too many subscribers", 1);
     served.stop();
 }
+
+#[test]
+fn subscribers_count_against_the_per_source_limit() {
+    let r = Relay::new("relay-per-source");
+    let auth = r.publisher("kodi", "");
+    // The guard connection of serve_listen and two subscribers: three.
+    let served = r.serve(&["--max-connections-per-source", "3"]);
+    let token = bearer(&r.f.token("/sub/hooks/kodi"));
+    let _one = raw_subscribe(&served, "/sub/hooks/kodi", &[&token]);
+    let _two = raw_subscribe(&served, "/sub/hooks/kodi", &[&token]);
+    let reply = publish(&served, "/hooks/kodi", &auth, b"over the limit");
+    assert_eq!(reply.status(), 503, "{}", served.log());
+    // From another address, the same publish goes through.
+    let mut other = connect_from(std::net::Ipv4Addr::new(127, 0, 0, 2), served.addr);
+    let reply = exchange(
+        &mut other,
+        &post(
+            "/hooks/kodi",
+            &[&auth, "Content-Type: text/plain"],
+            b"from elsewhere",
+        ),
+    );
+    assert_eq!(reply.status(), 204);
+    served.stop();
+}
