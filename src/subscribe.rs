@@ -538,10 +538,18 @@ impl Subscriber {
                 return;
             }
             let delay = jitter(backoff);
-            warning!(
-                "{}: {why}; reconnecting in {:.1} s",
-                self.url.describe(),
-                delay.as_secs_f64()
+            // A refused token does not mend itself: an error, not a warning.
+            let level = match why.contains("refused the token") {
+                true => crate::log::Level::Error,
+                false => crate::log::Level::Warning,
+            };
+            crate::log::line(
+                level,
+                format_args!(
+                    "{}: {why}; reconnecting in {:.1} s",
+                    self.url.describe(),
+                    delay.as_secs_f64()
+                ),
             );
             self.status.connection(format!(
                 "reconnecting to {} in {:.1} s: {why}",
