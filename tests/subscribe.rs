@@ -713,6 +713,26 @@ fn messages_for_missing_or_non_relay_hooks_are_skipped_and_logged() {
 }
 
 #[test]
+fn a_subscription_to_one_hook_gets_that_hook_only() {
+    let relay = RealRelay::start("sub-one-relay", &["kodi", "web"], "", None);
+    let home = Home::new("sub-one", &relay.token("/sub/hooks/kodi"));
+    home.hook("kodi", false);
+    home.hook("web", false);
+    let sub = home.subscribe(&relay.url("/sub/hooks/kodi"), &[]);
+    sub.wait_log("connected to", 1);
+    assert_eq!(relay.publish("web", "not-for-me"), 204);
+    assert_eq!(relay.publish("kodi", "mine"), 204);
+    wait_for("mine", || home.ends("kodi") == ["mine"], || sub.log());
+    assert!(home.ends("web").is_empty(), "{}", sub.log());
+    sub.stop();
+    // The token of one hook does not open the others.
+    let mut other = home.subscribe(&relay.url("/sub/hooks/"), &[]);
+    other.wait_log("403 Forbidden", 1);
+    assert!(other.running());
+    other.stop();
+}
+
+#[test]
 fn a_subscriber_killed_mid_run_runs_the_message_again_only_as_the_journal_says() {
     let relay = RealRelay::start("sub-kill-relay", &["kodi"], "", None);
     let home = Home::new("sub-kill", &relay.token("/sub/hooks/"));
