@@ -60,6 +60,7 @@ fn free_port() -> u16 {
 struct Proc {
     child: Child,
     log: Arc<Mutex<String>>,
+    readers: Vec<thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -71,12 +72,13 @@ impl Proc {
             .spawn()
             .unwrap();
         let log = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
         for pipe in [
             Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
             Box::new(child.stdout.take().unwrap()),
         ] {
             let sink = Arc::clone(&log);
-            thread::spawn(move || {
+            readers.push(thread::spawn(move || {
                 let mut pipe = pipe;
                 let mut buf = [0; 4096];
                 while let Ok(n @ 1..) = pipe.read(&mut buf) {
@@ -84,9 +86,13 @@ impl Proc {
                         .unwrap()
                         .push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
-            });
+            }));
         }
-        Proc { child, log }
+        Proc {
+            child,
+            log,
+            readers,
+        }
     }
 
     fn log(&self) -> String {
@@ -113,7 +119,10 @@ impl Proc {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                thread::sleep(Duration::from_millis(50));
+                // Its pipes end with it (a run it left behind would hold them: none does).
+                for reader in std::mem::take(&mut self.readers) {
+                    reader.join().unwrap();
+                }
                 return (status.code().unwrap_or(-1), self.log());
             }
             assert!(
