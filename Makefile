@@ -246,7 +246,9 @@ deb:
 # python3-matplotlib, gcc and libssl-dev when missing. Writes
 # bench/results/latest.{md,json,png}. BENCH_ARGS=--quick: a smoke run of
 # about 100 s on 2 cores. Then the attack cases (bench-attack, below), --quick
-# with it.
+# with it, and publish-to-run latency through a relay (serve with a publish
+# hook, then sockhook subscribe) vs a direct POST (bench/relay.py, writes
+# bench/results/relay-latency.{md,json}; under a minute).
 BENCH_ARGS ?=
 
 bench: build

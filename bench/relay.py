@@ -10,7 +10,7 @@ the time ends when the run has the body. Sequential deliveries; loopback
 only; the standard library only.
 
 Usage: bench/relay.py --sockhook PATH [--count N] [--quick]
-Writes bench/results/relay.{md,json}.
+Writes bench/results/relay-latency.{md,json}.
 """
 
 import argparse
@@ -143,12 +143,14 @@ def main():
         wait_line(log, "connected to")
         direct = measure(direct_port, "/hooks/kodi", fifo, count)
         relay = measure(relay_port, "/hooks/kodi", fifo, count)
-        results = {"direct": summary(direct), "relay": summary(relay)}
+        load = os.getloadavg()[0]
+        results = {"direct": summary(direct), "relay": summary(relay), "load_average": load}
         lines = [
             "# Publish-to-run latency: through a relay vs a direct POST",
             "",
-            f"`bench/relay.py`, {count} sequential deliveries each, loopback; from the POST until the",
-            "command has read the body (both journaled: the relay stores, the home side journals).",
+            f"`bench/relay.py`, {count} sequential deliveries each, loopback, {os.cpu_count()} cores, load",
+            f"average {load:.1f} at the end; from the POST until the command has read the body (both",
+            "journaled: the relay stores, the home side journals, each synced).",
             "",
             "| path | min ms | median ms | p90 ms | p99 ms | max ms |",
             "|---|---|---|---|---|---|",
@@ -159,9 +161,9 @@ def main():
         text = "\n".join(lines) + "\n"
         print(text)
         os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-        with open(os.path.join(HERE, "results", "relay.md"), "w") as f:
+        with open(os.path.join(HERE, "results", "relay-latency.md"), "w") as f:
             f.write(text)
-        with open(os.path.join(HERE, "results", "relay.json"), "w") as f:
+        with open(os.path.join(HERE, "results", "relay-latency.json"), "w") as f:
             json.dump(results, f, indent=2)
     finally:
         for proc in procs:

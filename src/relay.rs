@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -560,10 +560,15 @@ struct Outgoing {
 }
 
 impl Outgoing {
-    fn rest(&self) -> &[u8] {
+    /// What is left to write: the rest of the head, then of the payload.
+    fn rest(&self) -> [IoSlice<'_>; 2] {
+        let payload = &self.message.bytes[self.from..];
         match self.written.checked_sub(self.head.len()) {
-            None => &self.head[self.written..],
-            Some(done) => &self.message.bytes[self.from + done..],
+            None => [
+                IoSlice::new(&self.head[self.written..]),
+                IoSlice::new(payload),
+            ],
+            Some(done) => [IoSlice::new(&payload[done..]), IoSlice::new(&[])],
         }
     }
 
@@ -758,6 +763,7 @@ impl Subscriber {
                     // tungstenite queued the reply in `ctl`.
                     self.closing.get_or_insert("closed by the subscriber");
                     self.queue.clear();
+                    self.queued_bytes = 0;
                     break;
                 }
                 Ok(_) => *io.unfinished = 0,
@@ -891,7 +897,7 @@ impl Subscriber {
                 });
             }
             if let Some(out) = &mut self.current {
-                match transport.write(out.rest()) {
+                match transport.write_vectored(&out.rest()) {
                     Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                     Ok(n) => {
                         out.written += n;

@@ -387,12 +387,20 @@ fn notify(text: &(String, String)) {
 struct Reporter {
     what: String,
     status: Arc<Status>,
+    /// Covered by the run of a newer message, whose own reporter says it.
+    coalesced: bool,
 }
 
 impl Watch for Reporter {
+    fn coalesced(&mut self, _ticket: u64) {
+        self.coalesced = true;
+    }
+
     fn ended(self: Box<Self>, outcome: &Outcome) {
-        self.status
-            .ran(format!("{} {}", self.what, outcome.describe()));
+        if !self.coalesced {
+            self.status
+                .ran(format!("{} {}", self.what, outcome.describe()));
+        }
     }
 
     fn dropped(self: Box<Self>, _why: crate::act::Dropped) {}
@@ -538,10 +546,18 @@ impl Subscriber {
                 return;
             }
             let delay = jitter(backoff);
-            warning!(
-                "{}: {why}; reconnecting in {:.1} s",
-                self.url.describe(),
-                delay.as_secs_f64()
+            // A refused token does not mend itself: an error, not a warning.
+            let level = match why.contains("refused the token") {
+                true => crate::log::Level::Error,
+                false => crate::log::Level::Warning,
+            };
+            crate::log::line(
+                level,
+                format_args!(
+                    "{}: {why}; reconnecting in {:.1} s",
+                    self.url.describe(),
+                    delay.as_secs_f64()
+                ),
             );
             self.status.connection(format!(
                 "reconnecting to {} in {:.1} s: {why}",
@@ -868,6 +884,7 @@ impl Subscriber {
         job.watch(Box::new(Reporter {
             what: format!("{hook} message {seq}"),
             status: Arc::clone(&self.status),
+            coalesced: false,
         }));
         info!("hook {hook}: message {seq} taken");
         self.resume.take(epoch, hook, *seq);

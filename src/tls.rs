@@ -286,6 +286,26 @@ impl Write for Transport {
         Ok(n)
     }
 
+    /// One `writev` in plain text, one record in TLS: a frame's header and
+    /// its payload leave together, so Nagle's algorithm never holds the
+    /// payload back for the peer's delayed ACK of the header.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let t = match self {
+            Transport::Plain(s) => return s.write_vectored(bufs),
+            Transport::Tls(t) => t,
+        };
+        let n = t.tls.writer().write_vectored(bufs)?;
+        match t.flush_records() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && n > 0 => {}
+            Err(e) => return Err(e),
+        }
+        if n == 0 && bufs.iter().any(|b| !b.is_empty()) {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         self.flush_pending()
     }

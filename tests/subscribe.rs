@@ -60,6 +60,7 @@ fn free_port() -> u16 {
 struct Proc {
     child: Child,
     log: Arc<Mutex<String>>,
+    readers: Vec<thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -71,12 +72,13 @@ impl Proc {
             .spawn()
             .unwrap();
         let log = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
         for pipe in [
             Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
             Box::new(child.stdout.take().unwrap()),
         ] {
             let sink = Arc::clone(&log);
-            thread::spawn(move || {
+            readers.push(thread::spawn(move || {
                 let mut pipe = pipe;
                 let mut buf = [0; 4096];
                 while let Ok(n @ 1..) = pipe.read(&mut buf) {
@@ -84,9 +86,13 @@ impl Proc {
                         .unwrap()
                         .push_str(&String::from_utf8_lossy(&buf[..n]));
                 }
-            });
+            }));
         }
-        Proc { child, log }
+        Proc {
+            child,
+            log,
+            readers,
+        }
     }
 
     fn log(&self) -> String {
@@ -113,7 +119,10 @@ impl Proc {
         let deadline = Instant::now() + PATIENCE;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
-                thread::sleep(Duration::from_millis(50));
+                // Its pipes end with it (a run it left behind would hold them: none does).
+                for reader in std::mem::take(&mut self.readers) {
+                    reader.join().unwrap();
+                }
                 return (status.code().unwrap_or(-1), self.log());
             }
             assert!(
@@ -710,6 +719,26 @@ fn messages_for_missing_or_non_relay_hooks_are_skipped_and_logged() {
     );
     assert_eq!(home.f.runs("web"), 0);
     sub.stop();
+}
+
+#[test]
+fn a_subscription_to_one_hook_gets_that_hook_only() {
+    let relay = RealRelay::start("sub-one-relay", &["kodi", "web"], "", None);
+    let home = Home::new("sub-one", &relay.token("/sub/hooks/kodi"));
+    home.hook("kodi", false);
+    home.hook("web", false);
+    let sub = home.subscribe(&relay.url("/sub/hooks/kodi"), &[]);
+    sub.wait_log("connected to", 1);
+    assert_eq!(relay.publish("web", "not-for-me"), 204);
+    assert_eq!(relay.publish("kodi", "mine"), 204);
+    wait_for("mine", || home.ends("kodi") == ["mine"], || sub.log());
+    assert!(home.ends("web").is_empty(), "{}", sub.log());
+    sub.stop();
+    // The token of one hook does not open the others.
+    let mut other = home.subscribe(&relay.url("/sub/hooks/"), &[]);
+    other.wait_log("403 Forbidden", 1);
+    assert!(other.running());
+    other.stop();
 }
 
 #[test]

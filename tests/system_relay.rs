@@ -123,6 +123,8 @@ fn a_stopped_subscriber_and_a_killed_relay_lose_nothing() {
     }
     sys.run_ok(&format!("systemctl start {UNIT}"));
     wait_ran(&sys, "m4");
+    // The newest ran last, whatever coalesced into it.
+    wait_status(&sys, "last run: kodi message 4 exited 0");
     assert_eq!(taken(&sys), [1, 2, 3, 4]);
     let order = ran(&sys);
     assert_eq!(order.first().map(String::as_str), Some("m1"));
@@ -137,6 +139,7 @@ fn a_stopped_subscriber_and_a_killed_relay_lose_nothing() {
     sys.wait_stopped("sockhook.service");
     assert_eq!(sys.post("kodi", &token, "m5"), "204");
     wait_ran(&sys, "m5");
+    wait_status(&sys, "last run: kodi message 5 exited 0");
     assert_eq!(taken(&sys), [1, 2, 3, 4, 5]);
     let pending = sys.run_ok(&format!("sockhook deliveries --state {HOME_STATE}"));
     sys.wait("every home delivery finished", PATIENCE, || {
