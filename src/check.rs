@@ -124,12 +124,13 @@ pub fn check(hooks_dir: &Path, key: Option<&Path>, user: Option<&str>) -> u8 {
             && per_hook.get(name).is_none_or(Vec::is_empty)
         {
             println!(
-                "{}{name}: ok: auth {}{}, {} runs {}",
+                "{}{name}: ok: auth {}{}, {} runs {}{}",
                 config::HOOKS_PREFIX,
                 hook.scheme.name(),
                 secrets_note(hook),
                 hook.methods.join("/"),
-                describe_command(&hook.command)
+                describe_command(&hook.command),
+                allow_from_note(hook)
             );
         }
     }
@@ -881,6 +882,15 @@ fn secrets_note(hook: &config::Hook) -> String {
         0 | 1 => String::new(),
         n => format!(" ({n} secrets)"),
     }
+}
+
+/// The addresses a hook is limited to: `", from 10.0.0.0/8 ::1/128"`.
+fn allow_from_note(hook: &config::Hook) -> String {
+    if hook.allow_from.is_empty() {
+        return String::new();
+    }
+    let blocks: Vec<String> = hook.allow_from.iter().map(ToString::to_string).collect();
+    format!(", from {}", blocks.join(" "))
 }
 
 #[cfg(test)]

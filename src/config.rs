@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 pub use crate::error::Problem;
 use crate::filter::{Filters, Match};
+use crate::proxy::Block;
 use crate::scheme::{Key, Scheme, Secret, looks_pasted};
 
 /// Where hook files live unless `--hooks` says otherwise.
@@ -81,6 +82,9 @@ pub struct Hook {
     /// The token may come as the query parameter `token` (for senders that
     /// can only be given a URL). INVARIANT: only with `Scheme::Token`.
     pub token_in_query: bool,
+    /// The client addresses that may call the hook (`allow_from`); empty:
+    /// any. Checked on the head, before any of the body is read.
+    pub allow_from: Vec<Block>,
 }
 
 /// When a hook's requests are answered.
@@ -119,7 +123,7 @@ pub const MAX_RESPOND_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// Every key a hook file may hold, as `HookFile` reads them.
-pub const HOOK_KEYS: [&str; 17] = [
+pub const HOOK_KEYS: [&str; 18] = [
     "command",
     "auth",
     "secret",
@@ -136,6 +140,7 @@ pub const HOOK_KEYS: [&str; 17] = [
     "journal",
     "allow_unauthenticated",
     "token_in_query",
+    "allow_from",
     "match",
 ];
 
@@ -159,6 +164,7 @@ struct HookFile {
     journal: Option<bool>,
     allow_unauthenticated: Option<bool>,
     token_in_query: Option<bool>,
+    allow_from: Option<Vec<String>>,
     #[serde(rename = "match")]
     filter: Option<toml::Table>,
 }
@@ -404,6 +410,7 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
             scheme.name()
         ));
     }
+    let allow_from = allow_from(file.allow_from.as_deref())?;
     let methods = file.methods.unwrap_or_else(|| vec!["POST".into()]);
     if methods.is_empty()
         || !methods
@@ -462,7 +469,27 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         timeout,
         max_body,
         token_in_query: file.token_in_query.unwrap_or(false),
+        allow_from,
     })
+}
+
+/// Most blocks one hook's `allow_from` may list: each is compared with
+/// every request's address.
+pub const MAX_ALLOW_FROM: usize = 64;
+
+/// `allow_from = ["192.168.0.0/16", "2001:db8::/32", "10.1.2.3"]`.
+fn allow_from(list: Option<&[String]>) -> Result<Vec<Block>, String> {
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
+    if list.is_empty() || list.len() > MAX_ALLOW_FROM {
+        return Err(format!(
+            "allow_from: give 1 to {MAX_ALLOW_FROM} addresses or ADDR/BITS blocks, e.g. [\"192.168.0.0/16\", \"::1\"], or remove the key to allow any address"
+        ));
+    }
+    list.iter()
+        .map(|text| text.parse().map_err(|e| format!("allow_from: {e}")))
+        .collect()
 }
 
 /// `respond` and the keys that only mean something with it.

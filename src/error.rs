@@ -85,6 +85,9 @@ pub enum Refusal {
         /// Send `WWW-Authenticate: Basic` so that a browser prompts.
         challenge: bool,
     },
+    /// The client's address is not in the hook's `allow_from` (403); the
+    /// address, or `None` for a Unix-socket peer that forwards none.
+    Forbidden(Option<std::net::IpAddr>),
     /// No hook is served at this path (404).
     NotFound,
     /// The hook does not accept this method (405); `allow` lists the ones it does.
@@ -141,6 +144,7 @@ impl Refusal {
         match self {
             Refusal::Malformed(_) => 400,
             Refusal::Unauthorized { .. } => 401,
+            Refusal::Forbidden(_) => 403,
             Refusal::NotFound => 404,
             Refusal::MethodNotAllowed { .. } => 405,
             Refusal::Timeout => 408,
@@ -189,6 +193,12 @@ impl fmt::Display for Refusal {
         match self {
             Refusal::Malformed(why) => write!(f, "malformed request: {why}"),
             Refusal::Unauthorized { reason, .. } => write!(f, "unauthorized: {reason}"),
+            Refusal::Forbidden(Some(ip)) => {
+                write!(f, "forbidden: {ip} is not in this hook's allow_from")
+            }
+            Refusal::Forbidden(None) => f.write_str(
+                "forbidden: a Unix-socket peer has no address for allow_from; trust it with --trusted-proxy unix so that the address it forwards counts",
+            ),
             Refusal::NotFound => f.write_str("no such hook"),
             Refusal::MethodNotAllowed { allow } => {
                 write!(f, "method not allowed (allowed: {allow})")

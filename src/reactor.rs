@@ -900,9 +900,16 @@ impl Reactor<'_> {
             Some(ip) => Source::of(Some(SocketAddr::new(ip, 0))),
             None => conn.source,
         };
+        let conn_client = conn.client;
         self.config.refresh(&head.path);
-        let (name, admitted) =
-            request::admit(&self.config, self.shared, &head, source, !rest.is_empty());
+        let (name, admitted) = request::admit(
+            &self.config,
+            self.shared,
+            &head,
+            conn_client,
+            source,
+            !rest.is_empty(),
+        );
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };

@@ -138,6 +138,7 @@ pub fn admit(
     config: &Config,
     shared: &Shared,
     head: &Head,
+    client: Option<IpAddr>,
     source: Source,
     buffered: bool,
 ) -> (Option<String>, Result<Admitted, Refusal>) {
@@ -145,7 +146,7 @@ pub fn admit(
     let name = found.name().map(str::to_owned);
     (
         name,
-        admit_found(found, shared, config, head, source, buffered),
+        admit_found(found, shared, config, head, (client, source), buffered),
     )
 }
 
@@ -154,10 +155,11 @@ fn admit_found(
     shared: &Shared,
     config: &Config,
     head: &Head,
-    source: Source,
+    (client, source): (Option<IpAddr>, Source),
     buffered: bool,
 ) -> Result<Admitted, Refusal> {
     let hook = route::accept(found, &head.method)?;
+    allowed(&hook, client)?;
     let decoder = BodyDecoder::new(head.framing, hook.max_body)?;
     let pending = verify::before_body(&hook, head, config.key.as_ref())?;
     hook.filters.content_type(head)?;
@@ -177,6 +179,18 @@ fn admit_found(
         reservation,
         grow,
     })
+}
+
+/// Whether `client` may call `hook` (its `allow_from`): decided on the
+/// head, so that a refused client's body is never read, spooled or counted.
+fn allowed(hook: &Hook, client: Option<IpAddr>) -> Result<(), Refusal> {
+    if hook.allow_from.is_empty() {
+        return Ok(());
+    }
+    match client {
+        Some(ip) if hook.allow_from.iter().any(|block| block.holds(ip)) => Ok(()),
+        _ => Err(Refusal::Forbidden(client.map(|ip| ip.to_canonical()))),
+    }
 }
 
 fn reserve(shared: &Shared, source: Source, bytes: u64) -> Result<Reservation, Refusal> {

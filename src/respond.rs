@@ -280,13 +280,14 @@ pub const OUTPUT_MAX: usize = 64 * 1024;
 pub const CUT_MARKER: &[u8] = b"\n[sockhook: output cut at 65536 bytes]\n";
 
 /// Every status sockhook sends, with its reason phrase (RFC 9110 §15).
-pub const STATUSES: [(u16, &str); 21] = [
+pub const STATUSES: [(u16, &str); 22] = [
     (100, "Continue"),
     (200, "OK"),
     (202, "Accepted"),
     (204, "No Content"),
     (400, "Bad Request"),
     (401, "Unauthorized"),
+    (403, "Forbidden"),
     (404, "Not Found"),
     (405, "Method Not Allowed"),
     (408, "Request Timeout"),
@@ -306,9 +307,8 @@ pub const STATUSES: [(u16, &str); 21] = [
 
 /// Statuses sockhook sends only when a hook's `exit_status` maps to them,
 /// with their reason phrases (RFC 9110 §15, RFC 6585).
-const MAPPED_STATUSES: [(u16, &str); 10] = [
+const MAPPED_STATUSES: [(u16, &str); 9] = [
     (201, "Created"),
-    (403, "Forbidden"),
     (409, "Conflict"),
     (410, "Gone"),
     (412, "Precondition Failed"),
