@@ -884,13 +884,21 @@ fn secrets_note(hook: &config::Hook) -> String {
     }
 }
 
-/// The addresses a hook is limited to: `", from 10.0.0.0/8 ::1/128"`.
+/// The addresses a hook is limited to and the variables its `[env]` sets:
+/// `", from 10.0.0.0/8 ::1/128, env SOCKHOOK_REF COMMIT"`.
 fn allow_from_note(hook: &config::Hook) -> String {
-    if hook.allow_from.is_empty() {
-        return String::new();
+    let mut note = String::new();
+    if !hook.allow_from.is_empty() {
+        let blocks: Vec<String> = hook.allow_from.iter().map(ToString::to_string).collect();
+        note.push_str(&format!(", from {}", blocks.join(" ")));
     }
-    let blocks: Vec<String> = hook.allow_from.iter().map(ToString::to_string).collect();
-    format!(", from {}", blocks.join(" "))
+    if let Some(env) = &hook.filters.env {
+        note.push_str(&format!(
+            ", env {}",
+            env.names().collect::<Vec<_>>().join(" ")
+        ));
+    }
+    note
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::error::Problem;
+use crate::fields::EnvFields;
 use crate::filter::{Filters, Match};
 use crate::proxy::Block;
 use crate::scheme::{Key, Scheme, Secret, looks_pasted};
@@ -123,7 +124,7 @@ pub const MAX_RESPOND_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// Every key a hook file may hold, as `HookFile` reads them.
-pub const HOOK_KEYS: [&str; 18] = [
+pub const HOOK_KEYS: [&str; 21] = [
     "command",
     "auth",
     "secret",
@@ -142,6 +143,9 @@ pub const HOOK_KEYS: [&str; 18] = [
     "token_in_query",
     "allow_from",
     "match",
+    "env",
+    "env_required",
+    "env_objects",
 ];
 
 /// A hook file as written; every key is optional so each gets a clear message.
@@ -167,6 +171,9 @@ struct HookFile {
     allow_from: Option<Vec<String>>,
     #[serde(rename = "match")]
     filter: Option<toml::Table>,
+    env: Option<toml::Table>,
+    env_required: Option<bool>,
+    env_objects: Option<String>,
 }
 
 /// Most secrets one hook may list: each is one more HMAC of every body.
@@ -411,6 +418,20 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         ));
     }
     let allow_from = allow_from(file.allow_from.as_deref())?;
+    let env = match &file.env {
+        Some(table) => Some(EnvFields::from_toml(
+            table,
+            file.env_required,
+            file.env_objects.as_deref(),
+        )?),
+        None if file.env_required.is_some() || file.env_objects.is_some() => {
+            return Err(
+                "env_required, env_objects: only apply with an [env] table; add one or remove them"
+                    .into(),
+            );
+        }
+        None => None,
+    };
     let methods = file.methods.unwrap_or_else(|| vec!["POST".into()]);
     if methods.is_empty()
         || !methods
@@ -465,6 +486,7 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         filters: Filters {
             events,
             payload: file.filter.as_ref().map(Match::from_toml).transpose()?,
+            env,
         },
         timeout,
         max_body,

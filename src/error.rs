@@ -112,6 +112,9 @@ pub enum Refusal {
     /// coding (`Content-Encoding: gzip`) that sockhook does not decode (415);
     /// the coding as sent, cleaned for the log.
     UnsupportedContentCoding(String),
+    /// The payload cannot give the hook's `[env]` variables (422): a field
+    /// missing with `env_required`, too long, holding a NUL; the reason names it.
+    Unprocessable(String),
     /// The `Expect` header asks for something other than `100-continue` (417).
     ExpectationFailed,
     /// The request head is longer than `MAX_HEAD_BYTES` or has too many fields (431).
@@ -153,6 +156,7 @@ impl Refusal {
             Refusal::TargetTooLong => 414,
             Refusal::UnsupportedMediaType | Refusal::UnsupportedContentCoding(_) => 415,
             Refusal::ExpectationFailed => 417,
+            Refusal::Unprocessable(_) => 422,
             Refusal::HeadTooLarge => 431,
             Refusal::HookBroken(_) | Refusal::Internal { .. } => 500,
             Refusal::UnsupportedCoding => 501,
@@ -208,12 +212,13 @@ impl fmt::Display for Refusal {
             Refusal::BodyTooLarge { limit } => write!(f, "body larger than {limit} bytes"),
             Refusal::TargetTooLong => f.write_str("request target too long"),
             Refusal::UnsupportedMediaType => {
-                f.write_str("this hook matches JSON fields: send Content-Type: application/json")
+                f.write_str("this hook reads JSON fields of the body ([match], [env]): send Content-Type: application/json")
             }
             Refusal::UnsupportedContentCoding(coding) => write!(
                 f,
-                "Content-Encoding {coding} is not supported: this hook matches JSON fields in the body as sent; turn compression off at the sender"
+                "Content-Encoding {coding} is not supported: this hook reads JSON fields in the body as sent; turn compression off at the sender"
             ),
+            Refusal::Unprocessable(why) => write!(f, "cannot set the hook's [env]: {why}"),
             Refusal::ExpectationFailed => f.write_str("only Expect: 100-continue is supported"),
             Refusal::HeadTooLarge => f.write_str("request head too large"),
             Refusal::HookBroken(problem) => write!(f, "hook misconfigured: {}", problem.message),

@@ -56,6 +56,7 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visi
 use serde_json::value::RawValue;
 
 use crate::error::Refusal;
+use crate::fields::EnvFields;
 use crate::log::Clean;
 use crate::read::Head;
 
@@ -232,6 +233,8 @@ pub struct Filters {
     pub events: Option<(Vec<String>, &'static str)>,
     /// Values the JSON body must hold (`[match]`).
     pub payload: Option<Match>,
+    /// JSON fields of the body handed to the command (`[env]`).
+    pub env: Option<EnvFields>,
 }
 
 /// Why an authenticated request does not run the command: answered 200, logged.
@@ -259,7 +262,7 @@ impl Filters {
     /// failure that says why; decoding it would take a decompressor bounded
     /// against bombs, for senders that can all be told not to compress.
     pub fn content_type(&self, head: &Head) -> Result<(), Refusal> {
-        if self.payload.is_none() {
+        if self.payload.is_none() && self.env.is_none() {
             return Ok(());
         }
         if !is_json(head.header("content-type")) {
@@ -665,7 +668,7 @@ impl<'de> Visitor<'de> for Key<'_> {
 /// skipping, where its recursion limit does not apply) and long keys in the
 /// objects the walk decodes (at depth `key_depth` and above; 1 is the top).
 /// Exact for valid JSON; invalid JSON fails either way.
-fn scan(body: &[u8], key_depth: usize) -> Result<(), String> {
+pub(crate) fn scan(body: &[u8], key_depth: usize) -> Result<(), String> {
     let mut depth = 0;
     // Bit `d` is set if the container at depth `d + 1` is an object.
     let mut objects: u128 = 0;
@@ -1219,6 +1222,7 @@ mod tests {
         let filters = Filters {
             events: None,
             payload: Some(rules(r#"ref = "main""#).unwrap()),
+            env: None,
         };
         let head = |encoding: &[&str]| Head {
             method: "POST".into(),

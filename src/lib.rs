@@ -4,7 +4,7 @@
 //! [`tls`] for the ones named `https`) → [`read`] (bounded head, then the
 //! body spooled to a sealed memory file) → [`route`] (path to hook) →
 //! [`verify`] (token or signature, over the [`scheme`]s) → [`filter`]
-//! (events, content type, `[match]`) → [`journal`] (the accepted delivery on
+//! (events, content type, `[match]`) → [`fields`] (`[env]`) → [`journal`] (the accepted delivery on
 //! disk before its answer) → [`respond`] (answer, half-close, drain) →
 //! [`act`] (run the command, one at a time per hook, each in its
 //! [`cgroup`]). [`request`] takes one request through them top to bottom;
@@ -31,6 +31,7 @@ pub(crate) mod cli;
 pub(crate) mod config;
 pub(crate) mod deliveries;
 pub(crate) mod error;
+pub(crate) mod fields;
 pub(crate) mod filter;
 pub(crate) mod idle;
 pub(crate) mod journal;

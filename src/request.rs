@@ -263,8 +263,13 @@ pub fn decide(
     {
         return Ok(Accepted::Ignored(why));
     }
+    let fields = match &hook.filters.env {
+        Some(env) => env.extract(&body.map()?).map_err(Refusal::Unprocessable)?,
+        None => Vec::new(),
+    };
     let ticket = shared.runner.ticket();
     let mut job = Job::new(hook, head, client, body, ticket);
+    job.set_fields(fields);
     // Journal → job: on disk before the answer says yes.
     if let Some(journal) = shared.journal.as_ref().filter(|_| job.hook().journal) {
         let user_agent = head.header("user-agent").unwrap_or_default();
