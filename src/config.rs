@@ -124,7 +124,7 @@ pub const MAX_RESPOND_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// Every key a hook file may hold, as `HookFile` reads them.
-pub const HOOK_KEYS: [&str; 21] = [
+pub const HOOK_KEYS: [&str; 22] = [
     "command",
     "auth",
     "secret",
@@ -146,6 +146,7 @@ pub const HOOK_KEYS: [&str; 21] = [
     "env",
     "env_required",
     "env_objects",
+    "stdin",
 ];
 
 /// A hook file as written; every key is optional so each gets a clear message.
@@ -174,6 +175,7 @@ struct HookFile {
     env: Option<toml::Table>,
     env_required: Option<bool>,
     env_objects: Option<String>,
+    stdin: Option<String>,
 }
 
 /// Most secrets one hook may list: each is one more HMAC of every body.
@@ -418,6 +420,15 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         ));
     }
     let allow_from = allow_from(file.allow_from.as_deref())?;
+    let payload_stdin = match file.stdin.as_deref() {
+        None | Some("body") => false,
+        Some("payload") => true,
+        Some(other) => {
+            return Err(format!(
+                "stdin: {other:?} is not one of \"body\" (the default: the body as sent) or \"payload\" (the JSON, also out of a form's payload field)"
+            ));
+        }
+    };
     let env = match &file.env {
         Some(table) => Some(EnvFields::from_toml(
             table,
@@ -487,6 +498,7 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
             events,
             payload: file.filter.as_ref().map(Match::from_toml).transpose()?,
             env,
+            payload_stdin,
         },
         timeout,
         max_body,

@@ -112,8 +112,9 @@ pub enum Refusal {
     /// coding (`Content-Encoding: gzip`) that sockhook does not decode (415);
     /// the coding as sent, cleaned for the log.
     UnsupportedContentCoding(String),
-    /// The payload cannot give the hook's `[env]` variables (422): a field
-    /// missing with `env_required`, too long, holding a NUL; the reason names it.
+    /// The body cannot give what the hook reads from it (422): a form
+    /// without its `payload`, an `[env]` field missing with
+    /// `env_required`, too long, holding a NUL; the reason names it.
     Unprocessable(String),
     /// The `Expect` header asks for something other than `100-continue` (417).
     ExpectationFailed,
@@ -212,13 +213,13 @@ impl fmt::Display for Refusal {
             Refusal::BodyTooLarge { limit } => write!(f, "body larger than {limit} bytes"),
             Refusal::TargetTooLong => f.write_str("request target too long"),
             Refusal::UnsupportedMediaType => {
-                f.write_str("this hook reads JSON fields of the body ([match], [env]): send Content-Type: application/json")
+                f.write_str("this hook reads a JSON payload ([match], [env] or stdin = \"payload\"): send Content-Type: application/json, or a form (application/x-www-form-urlencoded or multipart/form-data) with a payload field")
             }
             Refusal::UnsupportedContentCoding(coding) => write!(
                 f,
                 "Content-Encoding {coding} is not supported: this hook reads JSON fields in the body as sent; turn compression off at the sender"
             ),
-            Refusal::Unprocessable(why) => write!(f, "cannot set the hook's [env]: {why}"),
+            Refusal::Unprocessable(why) => f.write_str(why),
             Refusal::ExpectationFailed => f.write_str("only Expect: 100-continue is supported"),
             Refusal::HeadTooLarge => f.write_str("request head too large"),
             Refusal::HookBroken(problem) => write!(f, "hook misconfigured: {}", problem.message),

@@ -57,6 +57,7 @@ use serde_json::value::RawValue;
 
 use crate::error::Refusal;
 use crate::fields::EnvFields;
+use crate::form::Carrier;
 use crate::log::Clean;
 use crate::read::Head;
 
@@ -235,6 +236,9 @@ pub struct Filters {
     pub payload: Option<Match>,
     /// JSON fields of the body handed to the command (`[env]`).
     pub env: Option<EnvFields>,
+    /// The command's stdin is the JSON payload (`stdin = "payload"`), so
+    /// the body must carry one.
+    pub payload_stdin: bool,
 }
 
 /// Why an authenticated request does not run the command: answered 200, logged.
@@ -262,10 +266,10 @@ impl Filters {
     /// failure that says why; decoding it would take a decompressor bounded
     /// against bombs, for senders that can all be told not to compress.
     pub fn content_type(&self, head: &Head) -> Result<(), Refusal> {
-        if self.payload.is_none() && self.env.is_none() {
+        if !self.reads_payload() {
             return Ok(());
         }
-        if !is_json(head.header("content-type")) {
+        if Carrier::of(head.header("content-type"))?.is_none() {
             return Err(Refusal::UnsupportedMediaType);
         }
         let codings = head
@@ -281,6 +285,11 @@ impl Filters {
             )),
             None => Ok(()),
         }
+    }
+
+    /// Whether anything reads the JSON payload: `[match]`, `[env]`, `stdin = "payload"`.
+    pub fn reads_payload(&self) -> bool {
+        self.payload.is_some() || self.env.is_some() || self.payload_stdin
     }
 
     /// After verification: whether the request's event is one that runs the command.
@@ -1223,6 +1232,7 @@ mod tests {
             events: None,
             payload: Some(rules(r#"ref = "main""#).unwrap()),
             env: None,
+            payload_stdin: false,
         };
         let head = |encoding: &[&str]| Head {
             method: "POST".into(),

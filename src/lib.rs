@@ -3,7 +3,8 @@
 //! A request's life, one module per stage: [`listen`] (adopt the sockets;
 //! [`tls`] for the ones named `https`) → [`read`] (bounded head, then the
 //! body spooled to a sealed memory file) → [`route`] (path to hook) →
-//! [`verify`] (token or signature, over the [`scheme`]s) → [`filter`]
+//! [`verify`] (token or signature, over the [`scheme`]s) → [`form`] (the
+//! JSON of a form delivery) → [`filter`]
 //! (events, content type, `[match]`) → [`fields`] (`[env]`) → [`journal`] (the accepted delivery on
 //! disk before its answer) → [`respond`] (answer, half-close, drain) →
 //! [`act`] (run the command, one at a time per hook, each in its
@@ -33,6 +34,7 @@ pub(crate) mod deliveries;
 pub(crate) mod error;
 pub(crate) mod fields;
 pub(crate) mod filter;
+pub(crate) mod form;
 pub(crate) mod idle;
 pub(crate) mod journal;
 pub(crate) mod limits;

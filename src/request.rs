@@ -17,10 +17,11 @@ use crate::act::{Job, Runner};
 use crate::config::{self, Hook, Hooks, Problem, Stamp};
 use crate::error::Refusal;
 use crate::filter::Ignored;
+use crate::form::{self, Carrier};
 use crate::journal::{Journal, Recorder};
 use crate::limits::{Budget, Reservation, Source};
 use crate::log::{Clean, Level};
-use crate::read::{BodyDecoder, Framing, Head, Spool};
+use crate::read::{Body, BodyDecoder, Framing, Head, Spool};
 use crate::replay::Replay;
 use crate::respond::Response;
 use crate::route;
@@ -258,14 +259,23 @@ pub fn decide(
     if let Err(why) = hook.filters.event(head) {
         return Ok(Accepted::Ignored(why));
     }
+    // A form's JSON, out of its payload field or part, spooled as the body is.
+    let payload = form_payload(&hook, head, &body)?;
+    let json = payload.as_ref().unwrap_or(&body);
     if let Some(rules) = &hook.filters.payload
-        && let Err(why) = rules.check(&body.map()?)
+        && let Err(why) = rules.check(&json.map()?)
     {
         return Ok(Accepted::Ignored(why));
     }
     let fields = match &hook.filters.env {
-        Some(env) => env.extract(&body.map()?).map_err(Refusal::Unprocessable)?,
+        Some(env) => env
+            .extract(&json.map()?)
+            .map_err(|why| Refusal::Unprocessable(format!("cannot set the hook's [env]: {why}")))?,
         None => Vec::new(),
+    };
+    let body = match payload {
+        Some(payload) if hook.filters.payload_stdin => payload,
+        _ => body,
     };
     let ticket = shared.runner.ticket();
     let mut job = Job::new(hook, head, client, body, ticket);
@@ -277,6 +287,27 @@ pub fn decide(
         job.watch(Box::new(Recorder::new(pending)));
     }
     Ok(Accepted::Run(Box::new(job)))
+}
+
+/// The JSON payload of a form delivery, when the hook reads it; `None` for
+/// a JSON body, which is its own payload.
+fn form_payload(hook: &Hook, head: &Head, body: &Body) -> Result<Option<Body>, Refusal> {
+    if !hook.filters.reads_payload() {
+        return Ok(None);
+    }
+    let carrier = Carrier::of(head.header("content-type"))?;
+    if !matches!(carrier, Some(Carrier::Form | Carrier::Multipart(_))) {
+        return Ok(None);
+    }
+    let whole = body.map()?;
+    let mut spool = Spool::new(Framing::Chunked)?;
+    match carrier {
+        Some(Carrier::Multipart(boundary)) => {
+            spool.write(form::multipart_payload(&whole, &boundary)?)?;
+        }
+        _ => form::form_payload(&whole, &mut |piece| spool.write(piece))?,
+    }
+    spool.finish().map(Some)
 }
 
 /// The response to an outcome, with the level and the words of its log line.

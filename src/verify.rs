@@ -17,6 +17,7 @@ use sha2::Sha256;
 
 use crate::config::{Hook, Problem};
 use crate::error::Refusal;
+use crate::form::{self, Carrier};
 use crate::read::Head;
 use crate::replay::MAX_ID_BYTES;
 pub use crate::scheme::unhex;
@@ -71,6 +72,9 @@ pub struct BodyCheck {
     prefix: Vec<u8>,
     /// What a replay of this delivery would repeat.
     replay: ReplayKey,
+    /// The MACs cover the form's decoded `payload` field, not the body as
+    /// sent: what Gitea and Forgejo sign when they send a form.
+    form_payload: bool,
 }
 
 /// What identifies a delivery for the replay check.
@@ -100,7 +104,9 @@ pub struct Verified {
 impl Pending {
     /// Adds the next piece of the body.
     pub fn update(&mut self, piece: &[u8]) {
-        if let Pending::Body(check) = self {
+        if let Pending::Body(check) = self
+            && !check.form_payload
+        {
             check.macs.iter_mut().for_each(|mac| mac.update(piece));
         }
     }
@@ -113,12 +119,25 @@ impl Pending {
     /// asked for only then.
     pub fn finish<B: Deref<Target = [u8]>>(
         self,
-        body: impl FnOnce() -> Result<B, Refusal>,
+        body: impl Fn() -> Result<B, Refusal>,
     ) -> Result<Verified, Refusal> {
-        let check = match self {
+        let mut check = match self {
             Pending::Done => return Ok(Verified { replay_ids: vec![] }),
             Pending::Body(check) => check,
         };
+        if check.form_payload {
+            let whole = body()?;
+            let macs = &mut check.macs;
+            form::form_payload(&whole, &mut |piece| {
+                macs.iter_mut().for_each(|mac| mac.update(piece));
+                Ok(())
+            })
+            .map_err(|why| {
+                Refusal::unauthorized(format!(
+                    "{why}; Gitea and Forgejo sign the payload field of a form"
+                ))
+            })?;
+        }
         let mut matched = check
             .expected
             .iter()
@@ -202,6 +221,7 @@ impl BodyCheck {
             signatures: vec![],
             prefix: prefix.to_vec(),
             replay: ReplayKey::None,
+            form_payload: false,
         }
     }
 
@@ -262,7 +282,15 @@ pub fn before_body(
             let name = hook.scheme.signature_header().unwrap_or_default();
             let value =
                 single(head, &name.to_ascii_lowercase()).map_err(|e| e.into_refusal(name))?;
-            body_mac(hook, value, name)
+            let mut pending = body_mac(hook, value, name)?;
+            // A form delivery's signature covers its payload field, not the form.
+            if let Pending::Body(check) = &mut pending {
+                check.form_payload = matches!(
+                    Carrier::of(head.header("content-type")),
+                    Ok(Some(Carrier::Form))
+                );
+            }
+            Ok(pending)
         }
         Scheme::Gitlab => {
             let value =

@@ -287,3 +287,247 @@ fn replay(fx: &Fixture, state: &Path, id: &str) -> std::process::Output {
         .output()
         .unwrap()
 }
+
+// Form and multipart payloads, sent by real clients.
+
+const FORM_CLIENT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/senders/form_client.py");
+const MAIN: &str =
+    r#"{"ref":"refs/heads/main","head_commit":{"id":"c0ffee","message":"a & b = 100%\n+ ünï"}}"#;
+const DEV: &str = r#"{"ref":"refs/heads/dev","head_commit":{"id":"dead"}}"#;
+const FORM_HOOK: &str = "[match]\nref = \"refs/heads/main\"\n[env]\nCOMMIT = \"head_commit.id\"\nMESSAGE = \"head_commit.message\"\n";
+
+/// A script that saves its stdin and `COMMIT` and `MESSAGE`.
+fn saver(fx: &Fixture) -> std::path::PathBuf {
+    let d = fx.dir.display();
+    fx.script(
+        "save.sh",
+        &format!(
+            "cat > {d}/stdin\nprintf '%s' \"$COMMIT\" > {d}/COMMIT.val\nprintf '%s' \"$MESSAGE\" > {d}/MESSAGE.val\necho run >> {d}/h.runs"
+        ),
+    )
+}
+
+/// Hook `name` with `auth` (and the secret file `secret` for the signature
+/// schemes), [`FORM_HOOK`] and `extra`.
+fn form_hook(fx: &Fixture, name: &str, auth: &str, extra: &str) {
+    let save = saver(fx);
+    let secret = fx.dir.join("secret");
+    fs::write(&secret, "form-secret-do-not-log\n").unwrap();
+    let secret_line = match auth {
+        "token" => String::new(),
+        _ => format!("secret = {secret:?}\n"),
+    };
+    fx.hook(
+        name,
+        &format!("command = [{save:?}]\nauth = {auth:?}\n{secret_line}{extra}{FORM_HOOK}"),
+    );
+}
+
+/// `form_client.py`: the status and the response body.
+fn python_sends(
+    server: &Server,
+    fx: &Fixture,
+    path: &str,
+    shape: &str,
+    auth: &str,
+    payload: &str,
+) -> (u16, String) {
+    let credential = match auth {
+        "token" => fx.token(path),
+        _ => fx.dir.join("secret").to_str().unwrap().to_owned(),
+    };
+    let url = format!("http://{}{path}", server.addr);
+    let out = run_with_stdin(
+        "python3",
+        &[FORM_CLIENT, &url, shape, auth, &credential],
+        payload.as_bytes(),
+    );
+    assert!(out.status.success(), "form_client.py: {out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (status, body) = text.split_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_owned())
+}
+
+fn curl_sends(server: &Server, fx: &Fixture, path: &str, args: &[&str]) -> u16 {
+    let auth = format!("Authorization: Bearer {}", fx.token(path));
+    let url = format!("http://{}{path}", server.addr);
+    let mut all = vec!["-H", &auth, &url];
+    all.extend_from_slice(args);
+    let (status, stderr) = curl(&all);
+    assert!(status != 0, "curl: {stderr}");
+    status
+}
+
+fn assert_ran_with(fx: &Fixture, runs: usize) {
+    assert_eq!(fx.runs("h"), runs);
+    assert_eq!(value(fx, "COMMIT"), "c0ffee");
+    assert_eq!(value(fx, "MESSAGE"), "a & b = 100%\n+ ünï");
+}
+
+#[test]
+fn curl_forms_and_multipart_go_through_match_and_env_with_the_raw_body_on_stdin() {
+    let fx = Fixture::new("form-curl");
+    form_hook(&fx, "h", "token", "");
+    let main = fx.dir.join("main.json");
+    fs::write(&main, MAIN).unwrap();
+    let dev = fx.dir.join("dev.json");
+    fs::write(&dev, DEV).unwrap();
+    let at = |file: &Path| format!("payload@{}", file.display());
+    let part = |file: &Path| format!("payload=@{};type=application/json", file.display());
+    let server = fx.serve_guarded(&["--idle-timeout", IDLE]);
+
+    // curl --data-urlencode: GitHub's and Gitea's form shape.
+    assert_eq!(
+        curl_sends(&server, &fx, "/hooks/h", &["--data-urlencode", &at(&main)]),
+        204
+    );
+    server.wait_log("exited 0", 1);
+    assert_ran_with(&fx, 1);
+    let stdin = String::from_utf8(fx.read("stdin")).unwrap();
+    assert!(stdin.starts_with("payload=%7B%22ref%22"), "{stdin}");
+    assert_eq!(
+        curl_sends(&server, &fx, "/hooks/h", &["--data-urlencode", &at(&dev)]),
+        200
+    );
+
+    // curl -F: Plex's multipart shape.
+    assert_eq!(
+        curl_sends(&server, &fx, "/hooks/h", &["-F", &part(&main)]),
+        204
+    );
+    server.wait_log("exited 0", 2);
+    assert_ran_with(&fx, 2);
+    let stdin = String::from_utf8(fx.read("stdin")).unwrap();
+    assert!(
+        stdin.starts_with("--------------------------") && stdin.contains(MAIN),
+        "{stdin}"
+    );
+    assert_eq!(
+        curl_sends(&server, &fx, "/hooks/h", &["-F", &part(&dev)]),
+        200
+    );
+    let (status, log) = server.wait(PATIENCE);
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        log.matches("200 hook h: ignored: ref is \"refs/heads/dev\"")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert_eq!(fx.runs("h"), 2);
+}
+
+#[test]
+fn python_requests_forms_signed_as_github_and_gitea_sign_them() {
+    let fx = Fixture::new("form-python");
+    form_hook(&fx, "gh", "github", "");
+    form_hook(&fx, "gt", "gitea", "");
+    form_hook(&fx, "tok", "token", "stdin = \"payload\"\n");
+    let server = fx.serve_guarded(&["--idle-timeout", IDLE]);
+    let mut runs = 0;
+    for (path, shape, auth) in [
+        ("/hooks/gh", "form", "github"),
+        ("/hooks/gt", "form", "gitea"),
+        ("/hooks/tok", "form", "token"),
+        ("/hooks/tok", "multipart", "token"),
+    ] {
+        let (status, body) = python_sends(&server, &fx, path, shape, auth, MAIN);
+        assert_eq!(status, 204, "{path} {shape}: {body}\n{}", server.log());
+        runs += 1;
+        server.wait_log("exited 0", runs);
+        assert_ran_with(&fx, runs);
+        let stdin = String::from_utf8(fx.read("stdin")).unwrap();
+        if path == "/hooks/tok" {
+            // stdin = "payload": the JSON itself.
+            assert_eq!(stdin, MAIN, "{path} {shape}");
+        } else {
+            assert!(stdin.starts_with("payload="), "{path}: {stdin}");
+        }
+        let (status, body) = python_sends(&server, &fx, path, shape, auth, DEV);
+        assert_eq!(status, 200, "{path} {shape}: {body}");
+    }
+    // Gitea signs the JSON, not the form: a GitHub-style signature over the
+    // form body does not verify a gitea hook, and the other way round.
+    let (status, body) = python_sends(&server, &fx, "/hooks/gt", "form", "github", MAIN);
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = python_sends(&server, &fx, "/hooks/gh", "form", "gitea", MAIN);
+    assert_eq!(status, 401, "{body}");
+    let (status, log) = server.wait(PATIENCE);
+    assert!(status.success(), "{log}");
+    assert_eq!(fx.runs("h"), runs, "{log}");
+    assert!(!log.contains("form-secret-do-not-log"), "{log}");
+}
+
+#[test]
+fn hostile_forms_are_refused_with_the_reason_and_nothing_runs() {
+    let fx = Fixture::new("form-hostile");
+    form_hook(&fx, "h", "token", "max_body = 65536\n");
+    form_hook(&fx, "gt", "gitea", "");
+    let auth = format!("Authorization: Bearer {}", fx.token("/hooks/h"));
+    let server = fx.serve_guarded(&["--idle-timeout", IDLE]);
+    let form = "Content-Type: application/x-www-form-urlencoded";
+    let multipart = "Content-Type: multipart/form-data; boundary=XyZ";
+    let big = format!("payload={}", "%20".repeat(30_000));
+    let cases: [(&str, &[u8], u16, &str); 9] = [
+        (form, b"ref=refs%2Fheads%2Fmain", 422, "the form has no payload field"),
+        (form, b"payload=%7B%7D&payload=%7B%7D", 422, "the form has two payload fields"),
+        (form, b"payload=%7B%2", 422, "bad percent-escape at byte 11 of the body"),
+        (form, big.as_bytes(), 413, "body larger than 65536 bytes"),
+        (
+            multipart,
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"payload\"\r\n\r\n{\"ref\":\"refs/heads/main\"}\r\n--XyZ-",
+            422,
+            "the multipart body ends before its closing boundary",
+        ),
+        (
+            multipart,
+            b"--XyZ\r\nContent-Disposition: form-data; name=\"thumb\"\r\n\r\nx\r\n--XyZ--\r\n",
+            422,
+            "the multipart body has no payload part",
+        ),
+        (
+            multipart,
+            b"--XyZ\r\nContent-Disposition: form-data; name=payload\r\n\r\n{}\r\n--XyZ\r\nContent-Disposition: form-data; name=\"payload\"\r\n\r\n{}\r\n--XyZ--",
+            422,
+            "the body has two payload parts",
+        ),
+        (
+            "Content-Type: multipart/form-data",
+            b"--XyZ--",
+            422,
+            "multipart/form-data needs a boundary parameter",
+        ),
+        (form, b"payload=not%20json", 200, "ignored: body is not JSON"),
+    ];
+    for (content_type, body, status, why) in cases {
+        let reply = server.post("/hooks/h", &[&auth, content_type], body);
+        assert_eq!(reply.status(), status, "{why}: {reply:?}");
+        assert!(reply.body().contains(why), "{why}: {}", reply.body());
+        assert!(reply.complete(), "{reply:?}");
+    }
+    // A gitea form without a payload cannot be verified at all: 401 saying why.
+    let secret = fs::read(fx.dir.join("secret")).unwrap();
+    let signature = format!(
+        "X-Gitea-Signature: {}",
+        hex(&hmac_sha256(secret.trim_ascii(), b"{}"))
+    );
+    let reply = server.post("/hooks/gt", &[&signature, form], b"nothing=here");
+    assert_eq!(reply.status(), 401, "{reply:?}");
+    assert!(
+        reply.body().contains(
+            "the form has no payload field; Gitea and Forgejo sign the payload field of a form"
+        ),
+        "{reply:?}"
+    );
+    // Still well: a good one runs.
+    let good = format!("payload={}", "%7B%22ref%22%3A%22refs%2Fheads%2Fmain%22%7D");
+    assert_eq!(
+        server
+            .post("/hooks/h", &[&auth, form], good.as_bytes())
+            .status(),
+        204
+    );
+    let (status, log) = server.wait(PATIENCE);
+    assert!(status.success(), "{log}");
+    assert_eq!(fx.runs("h"), 1, "{log}");
+}
