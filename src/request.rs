@@ -25,7 +25,7 @@ use crate::read::{Body, BodyDecoder, Framing, Head, Spool};
 use crate::replay::Replay;
 use crate::respond::Response;
 use crate::route;
-use crate::scheme::Key;
+use crate::scheme::{Key, Scheme};
 use crate::verify::{self, Pending};
 use crate::{error, info};
 
@@ -245,6 +245,9 @@ pub fn decide(
     } = admitted;
     let body = spool.finish()?;
     let verified = pending.finish(|| body.map())?;
+    if hook.scheme == Scheme::Linear {
+        verify::linear_timestamp(&body.map()?)?;
+    }
     // Authenticated: the body no longer counts against the budget.
     drop(reservation);
     for (what, id) in &verified.replay_ids {

@@ -7,6 +7,7 @@
 //! which runs in constant time.
 
 use std::ops::Deref;
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -17,6 +18,7 @@ use sha2::Sha256;
 
 use crate::config::{Hook, Problem};
 use crate::error::Refusal;
+use crate::fields::EnvFields;
 use crate::form::{self, Carrier};
 use crate::read::Head;
 use crate::replay::MAX_ID_BYTES;
@@ -517,6 +519,36 @@ fn standard_webhooks(hook: &Hook, head: &Head) -> Result<Pending, Refusal> {
         .ed25519(secrets, signatures)
         .replay(ReplayKey::Signed(id));
     Ok(Pending::Body(check))
+}
+
+/// Linear's `webhookTimestamp` (milliseconds, in the signed body), checked
+/// like a timestamp header once the signature holds. Linear sends it in
+/// every delivery, and no one without the secret can take it out of a
+/// signed body, so a body without one (or one that is not JSON, which the
+/// filters deal with) is not refused for it. Read with `[env]`'s bounded
+/// walk: only that one field is decoded.
+pub fn linear_timestamp(body: &[u8]) -> Result<(), Refusal> {
+    static FIELD: LazyLock<EnvFields> = LazyLock::new(|| {
+        let table = toml::Table::from_iter([(
+            "WEBHOOK_TIMESTAMP".to_owned(),
+            toml::Value::String("webhookTimestamp".to_owned()),
+        )]);
+        EnvFields::from_toml(&table, None, Some("json")).expect("a valid [env] table")
+    });
+    let Ok(values) = FIELD.extract(body) else {
+        return Ok(());
+    };
+    let Some((_, text)) = values.first().filter(|(_, text)| !text.is_empty()) else {
+        return Ok(());
+    };
+    let ms = std::str::from_utf8(text)
+        .ok()
+        .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|t| t.parse::<u64>().ok())
+        .ok_or_else(|| {
+            Refusal::unauthorized("webhookTimestamp in the body is not a number of milliseconds")
+        })?;
+    seconds("webhookTimestamp", &(ms / 1000).to_string()).map(|_| ())
 }
 
 /// A timestamp header's Unix seconds, if within [`TIMESTAMP_TOLERANCE`] of now.
