@@ -74,9 +74,12 @@ pub struct BodyCheck {
     prefix: Vec<u8>,
     /// What a replay of this delivery would repeat.
     replay: ReplayKey,
-    /// The MACs cover the form's decoded `payload` field, not the body as
-    /// sent: what Gitea and Forgejo sign when they send a form.
-    form_payload: bool,
+    /// MACs keyed as `macs` are, for the decoded `payload` field of a form:
+    /// what Gitea and Forgejo sign when they send a form. Either kind may
+    /// match, so that a JSON body that a client labels a form (curl's
+    /// default) still verifies; both cover the same JSON, so neither lets a
+    /// sender without the secret through.
+    form_macs: Option<Vec<HmacSha256>>,
 }
 
 /// What identifies a delivery for the replay check.
@@ -106,9 +109,7 @@ pub struct Verified {
 impl Pending {
     /// Adds the next piece of the body.
     pub fn update(&mut self, piece: &[u8]) {
-        if let Pending::Body(check) = self
-            && !check.form_payload
-        {
+        if let Pending::Body(check) = self {
             check.macs.iter_mut().for_each(|mac| mac.update(piece));
         }
     }
@@ -127,18 +128,15 @@ impl Pending {
             Pending::Done => return Ok(Verified { replay_ids: vec![] }),
             Pending::Body(check) => check,
         };
-        if check.form_payload {
+        if let Some(mut form_macs) = check.form_macs.take() {
             let whole = body()?;
-            let macs = &mut check.macs;
-            form::form_payload(&whole, &mut |piece| {
-                macs.iter_mut().for_each(|mac| mac.update(piece));
+            let decoded = form::form_payload(&whole, &mut |piece| {
+                form_macs.iter_mut().for_each(|mac| mac.update(piece));
                 Ok(())
-            })
-            .map_err(|why| {
-                Refusal::unauthorized(format!(
-                    "{why}; Gitea and Forgejo sign the payload field of a form"
-                ))
-            })?;
+            });
+            if decoded.is_ok() {
+                check.macs.extend(form_macs);
+            }
         }
         let mut matched = check
             .expected
@@ -223,7 +221,7 @@ impl BodyCheck {
             signatures: vec![],
             prefix: prefix.to_vec(),
             replay: ReplayKey::None,
-            form_payload: false,
+            form_macs: None,
         }
     }
 
@@ -286,11 +284,13 @@ pub fn before_body(
                 single(head, &name.to_ascii_lowercase()).map_err(|e| e.into_refusal(name))?;
             let mut pending = body_mac(hook, value, name)?;
             // A form delivery's signature covers its payload field, not the form.
-            if let Pending::Body(check) = &mut pending {
-                check.form_payload = matches!(
+            if let Pending::Body(check) = &mut pending
+                && matches!(
                     Carrier::of(head.header("content-type")),
                     Ok(Some(Carrier::Form))
-                );
+                )
+            {
+                check.form_macs = Some(check.macs.clone());
             }
             Ok(pending)
         }

@@ -505,18 +505,28 @@ fn hostile_forms_are_refused_with_the_reason_and_nothing_runs() {
         assert!(reply.body().contains(why), "{why}: {}", reply.body());
         assert!(reply.complete(), "{reply:?}");
     }
-    // A gitea form without a payload cannot be verified at all: 401 saying why.
+    // A gitea hook checks a form's signature over its payload field or over
+    // the body as sent; a form without a payload field has only the body.
     let secret = fs::read(fx.dir.join("secret")).unwrap();
-    let signature = format!(
-        "X-Gitea-Signature: {}",
-        hex(&hmac_sha256(secret.trim_ascii(), b"{}"))
-    );
-    let reply = server.post("/hooks/gt", &[&signature, form], b"nothing=here");
+    let signed = |data: &[u8]| {
+        format!(
+            "X-Gitea-Signature: {}",
+            hex(&hmac_sha256(secret.trim_ascii(), data))
+        )
+    };
+    let reply = server.post("/hooks/gt", &[&signed(b"{}"), form], b"nothing=here");
     assert_eq!(reply.status(), 401, "{reply:?}");
     assert!(
-        reply.body().contains(
-            "the form has no payload field; Gitea and Forgejo sign the payload field of a form"
-        ),
+        reply.body().contains("signature does not match the body"),
+        "{reply:?}"
+    );
+    // JSON that a client labels a form (curl's default): signed as sent, it
+    // verifies, and then has no payload field for [match].
+    let json = br#"{"ref":"refs/heads/main"}"#;
+    let reply = server.post("/hooks/gt", &[&signed(json), form], json);
+    assert_eq!(reply.status(), 422, "{reply:?}");
+    assert!(
+        reply.body().contains("the form has no payload field"),
         "{reply:?}"
     );
     // Still well: a good one runs.
