@@ -115,7 +115,10 @@ pub mod internals {
     pub use crate::cli::{COMMANDS, Opt, Subcommand};
     pub use crate::config::{HOOK_KEYS, Hook, Hooks, Problem, load};
     pub use crate::error::{EXIT_CODES, RequestError};
+    pub use crate::fields::EnvFields;
     pub use crate::filter::{Ignored, Match};
+    pub use crate::form::{Carrier, form_payload, multipart_payload};
+    pub use crate::proxy::Block;
     pub use crate::read::{Framing, Head, MAX_HEADERS, MAX_TARGET_BYTES, Reader, Source};
     pub use crate::respond::STATUSES;
     pub use crate::scheme::{Key, STANDARD_WEBHOOKS_PREFIX, Scheme, Secret};
