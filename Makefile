@@ -289,7 +289,7 @@ bench-systemd:
 # New inputs go to fuzz/corpus/<target>, crashes to fuzz/artifacts/<target>;
 # FUZZ_FLAGS='-fork=1 -ignore_crashes=1' keeps going after a crash.
 FUZZ_SECONDS ?= 600
-FUZZ_TARGETS ?= parse_request chunked read_split signature_headers token standard_webhooks_secret payload_filter
+FUZZ_TARGETS ?= parse_request chunked read_split signature_headers token standard_webhooks_secret payload_filter payloads
 FUZZ_FLAGS   ?=
 
 fuzz:

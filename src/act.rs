@@ -8,10 +8,10 @@
 //! SIGKILL, sent to its whole process group.
 
 use std::collections::HashMap;
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::io::{self, BufRead, BufReader, PipeReader, Read};
 use std::net::IpAddr;
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Command, ExitStatus, Stdio};
@@ -73,6 +73,8 @@ pub struct Job {
     replay: bool,
     /// Taken from a relay by `sockhook subscribe`: `EPOCH HOOK SEQ`, for the journal.
     relay: Option<String>,
+    /// The hook's `[env]` variables, from the payload.
+    fields: Vec<(String, Vec<u8>)>,
 }
 
 /// One of a run's outputs.
@@ -235,6 +237,7 @@ impl Job {
             watches: Vec::new(),
             replay,
             relay: None,
+            fields: Vec::new(),
         }
     }
 
@@ -248,6 +251,16 @@ impl Job {
     /// `EPOCH HOOK SEQ` of a message taken from a relay.
     pub fn relay(&self) -> Option<&str> {
         self.relay.as_deref()
+    }
+
+    /// Sets the hook's `[env]` variables, `(NAME, value)`.
+    pub fn set_fields(&mut self, fields: Vec<(String, Vec<u8>)>) {
+        self.fields = fields;
+    }
+
+    /// The hook's `[env]` variables the command gets.
+    pub fn fields(&self) -> &[(String, Vec<u8>)] {
+        &self.fields
     }
 
     /// The values of [`ENV_NAMES`] the command gets, in order.
@@ -609,6 +622,11 @@ fn spawn(
     command
         .args(&job.hook.command[1..])
         .env_clear()
+        .envs(
+            job.fields
+                .iter()
+                .map(|(name, value)| (name, OsStr::from_bytes(value))),
+        )
         .env("PATH", PATH)
         .envs(ENV_NAMES.iter().zip(&job.env))
         .envs(job.replay.then_some(("SOCKHOOK_REPLAY", "1")))

@@ -134,12 +134,13 @@ pub fn check(hooks_dir: &Path, key: Option<&Path>, user: Option<&str>) -> u8 {
                 continue;
             }
             println!(
-                "{}{name}: ok: auth {}{}, {} {}",
+                "{}{name}: ok: auth {}{}, {} {}{}",
                 config::HOOKS_PREFIX,
                 hook.scheme.name(),
                 secrets_note(hook),
                 hook.methods.join("/"),
-                describe_action(hook)
+                describe_action(hook),
+                allow_from_note(hook)
             );
         }
     }
@@ -911,6 +912,23 @@ fn secrets_note(hook: &config::Hook) -> String {
         0 | 1 => String::new(),
         n => format!(" ({n} secrets)"),
     }
+}
+
+/// The addresses a hook is limited to and the variables its `[env]` sets:
+/// `", from 10.0.0.0/8 ::1/128, env SOCKHOOK_REF COMMIT"`.
+fn allow_from_note(hook: &config::Hook) -> String {
+    let mut note = String::new();
+    if !hook.allow_from.is_empty() {
+        let blocks: Vec<String> = hook.allow_from.iter().map(ToString::to_string).collect();
+        note.push_str(&format!(", from {}", blocks.join(" ")));
+    }
+    if let Some(env) = &hook.filters.env {
+        note.push_str(&format!(
+            ", env {}",
+            env.names().collect::<Vec<_>>().join(" ")
+        ));
+    }
+    note
 }
 
 #[cfg(test)]

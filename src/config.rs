@@ -13,7 +13,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use crate::error::Problem;
+use crate::fields::EnvFields;
 use crate::filter::{Filters, Match};
+use crate::proxy::Block;
 use crate::scheme::{Key, Scheme, Secret, looks_pasted};
 
 /// Where hook files live unless `--hooks` says otherwise.
@@ -85,6 +87,9 @@ pub struct Hook {
     /// Accepted deliveries are stored and fanned out to relay subscribers
     /// (`publish = true`); `None` for a hook that does not publish.
     pub publish: Option<Publish>,
+    /// The client addresses that may call the hook (`allow_from`); empty:
+    /// any. Checked on the head, before any of the body is read.
+    pub allow_from: Vec<Block>,
 }
 
 /// How much of a publishing hook's deliveries the relay keeps.
@@ -142,7 +147,7 @@ pub const MAX_RESPOND_TIMEOUT_SECS: u64 = 300;
 pub const DEFAULT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
 /// Every key a hook file may hold, as `HookFile` reads them.
-pub const HOOK_KEYS: [&str; 20] = [
+pub const HOOK_KEYS: [&str; 25] = [
     "command",
     "auth",
     "secret",
@@ -162,7 +167,12 @@ pub const HOOK_KEYS: [&str; 20] = [
     "publish",
     "publish_keep",
     "publish_max_bytes",
+    "allow_from",
     "match",
+    "env",
+    "env_required",
+    "env_objects",
+    "stdin",
 ];
 
 /// A hook file as written; every key is optional so each gets a clear message.
@@ -188,8 +198,13 @@ struct HookFile {
     publish: Option<bool>,
     publish_keep: Option<u64>,
     publish_max_bytes: Option<u64>,
+    allow_from: Option<Vec<String>>,
     #[serde(rename = "match")]
     filter: Option<toml::Table>,
+    env: Option<toml::Table>,
+    env_required: Option<bool>,
+    env_objects: Option<String>,
+    stdin: Option<String>,
 }
 
 /// Most secrets one hook may list: each is one more HMAC of every body.
@@ -450,6 +465,30 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
             scheme.name()
         ));
     }
+    let allow_from = allow_from(file.allow_from.as_deref())?;
+    let payload_stdin = match file.stdin.as_deref() {
+        None | Some("body") => false,
+        Some("payload") => true,
+        Some(other) => {
+            return Err(format!(
+                "stdin: {other:?} is not one of \"body\" (the default: the body as sent) or \"payload\" (the JSON, also out of a form's payload field)"
+            ));
+        }
+    };
+    let env = match &file.env {
+        Some(table) => Some(EnvFields::from_toml(
+            table,
+            file.env_required,
+            file.env_objects.as_deref(),
+        )?),
+        None if file.env_required.is_some() || file.env_objects.is_some() => {
+            return Err(
+                "env_required, env_objects: only apply with an [env] table; add one or remove them"
+                    .into(),
+            );
+        }
+        None => None,
+    };
     let methods = file.methods.unwrap_or_else(|| vec!["POST".into()]);
     if methods.is_empty()
         || !methods
@@ -504,11 +543,14 @@ fn build(file: HookFile, name: &str, credentials: Option<&Path>) -> Result<Hook,
         filters: Filters {
             events,
             payload: file.filter.as_ref().map(Match::from_toml).transpose()?,
+            env,
+            payload_stdin,
         },
         timeout,
         max_body,
         token_in_query: file.token_in_query.unwrap_or(false),
         publish,
+        allow_from,
     })
 }
 
@@ -526,6 +568,7 @@ fn relay_only(file: &HookFile) -> Result<(), String> {
         ("publish", file.publish.is_some()),
         ("publish_keep", file.publish_keep.is_some()),
         ("publish_max_bytes", file.publish_max_bytes.is_some()),
+        ("allow_from", file.allow_from.is_some()),
     ];
     if let Some((key, _)) = unused.iter().find(|(_, set)| *set) {
         return Err(format!(
@@ -571,6 +614,25 @@ fn publish(file: &HookFile) -> Result<Option<Publish>, String> {
         keep: keep as usize,
         max_bytes,
     }))
+}
+
+/// Most blocks one hook's `allow_from` may list: each is compared with
+/// every request's address.
+pub const MAX_ALLOW_FROM: usize = 64;
+
+/// `allow_from = ["192.168.0.0/16", "2001:db8::/32", "10.1.2.3"]`.
+fn allow_from(list: Option<&[String]>) -> Result<Vec<Block>, String> {
+    let Some(list) = list else {
+        return Ok(Vec::new());
+    };
+    if list.is_empty() || list.len() > MAX_ALLOW_FROM {
+        return Err(format!(
+            "allow_from: give 1 to {MAX_ALLOW_FROM} addresses or ADDR/BITS blocks, e.g. [\"192.168.0.0/16\", \"::1\"], or remove the key to allow any address"
+        ));
+    }
+    list.iter()
+        .map(|text| text.parse().map_err(|e| format!("allow_from: {e}")))
+        .collect()
 }
 
 /// `respond` and the keys that only mean something with it.

@@ -152,6 +152,9 @@ fn show(entry: &Entry, out: &mut impl Write) -> io::Result<()> {
     for (name, value) in ENV_NAMES.iter().zip(&entry.env) {
         writeln!(out, "{name}: {}", String::from_utf8_lossy(value))?;
     }
+    for (name, value) in &entry.fields {
+        writeln!(out, "{name}: {}", String::from_utf8_lossy(value))?;
+    }
     writeln!(out, "body: {} bytes", entry.body_len)?;
     writeln!(
         out,

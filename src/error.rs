@@ -88,6 +88,9 @@ pub enum Refusal {
     /// Credentials that are valid for something else: a relay subscriber's
     /// token for another path, or a missing opt-in header (403).
     Forbidden(String),
+    /// The client's address is not in the hook's `allow_from` (403); the
+    /// address, or `None` for a Unix-socket peer that forwards none.
+    NotAllowedFrom(Option<std::net::IpAddr>),
     /// No hook is served at this path (404).
     NotFound,
     /// The hook does not accept this method (405); `allow` lists the ones it does.
@@ -112,6 +115,10 @@ pub enum Refusal {
     /// coding (`Content-Encoding: gzip`) that sockhook does not decode (415);
     /// the coding as sent, cleaned for the log.
     UnsupportedContentCoding(String),
+    /// The body cannot give what the hook reads from it (422): a form
+    /// without its `payload`, an `[env]` field missing with
+    /// `env_required`, too long, holding a NUL; the reason names it.
+    Unprocessable(String),
     /// The `Expect` header asks for something other than `100-continue` (417).
     ExpectationFailed,
     /// A websocket upgrade asks for a version other than 13 (426).
@@ -146,7 +153,7 @@ impl Refusal {
         match self {
             Refusal::Malformed(_) => 400,
             Refusal::Unauthorized { .. } => 401,
-            Refusal::Forbidden(_) => 403,
+            Refusal::Forbidden(_) | Refusal::NotAllowedFrom(_) => 403,
             Refusal::NotFound => 404,
             Refusal::MethodNotAllowed { .. } => 405,
             Refusal::Timeout => 408,
@@ -155,6 +162,7 @@ impl Refusal {
             Refusal::TargetTooLong => 414,
             Refusal::UnsupportedMediaType | Refusal::UnsupportedContentCoding(_) => 415,
             Refusal::ExpectationFailed => 417,
+            Refusal::Unprocessable(_) => 422,
             Refusal::UpgradeRequired => 426,
             Refusal::HeadTooLarge => 431,
             Refusal::HookBroken(_) | Refusal::Internal { .. } => 500,
@@ -197,6 +205,12 @@ impl fmt::Display for Refusal {
             Refusal::Malformed(why) => write!(f, "malformed request: {why}"),
             Refusal::Unauthorized { reason, .. } => write!(f, "unauthorized: {reason}"),
             Refusal::Forbidden(why) => write!(f, "forbidden: {why}"),
+            Refusal::NotAllowedFrom(Some(ip)) => {
+                write!(f, "forbidden: {ip} is not in this hook's allow_from")
+            }
+            Refusal::NotAllowedFrom(None) => f.write_str(
+                "forbidden: a Unix-socket peer has no address for allow_from; trust it with --trusted-proxy unix so that the address it forwards counts",
+            ),
             Refusal::NotFound => f.write_str("no such hook"),
             Refusal::MethodNotAllowed { allow } => {
                 write!(f, "method not allowed (allowed: {allow})")
@@ -206,12 +220,13 @@ impl fmt::Display for Refusal {
             Refusal::BodyTooLarge { limit } => write!(f, "body larger than {limit} bytes"),
             Refusal::TargetTooLong => f.write_str("request target too long"),
             Refusal::UnsupportedMediaType => {
-                f.write_str("this hook matches JSON fields: send Content-Type: application/json")
+                f.write_str("this hook reads a JSON payload ([match], [env] or stdin = \"payload\"): send Content-Type: application/json, or a form (application/x-www-form-urlencoded or multipart/form-data) with a payload field")
             }
             Refusal::UnsupportedContentCoding(coding) => write!(
                 f,
-                "Content-Encoding {coding} is not supported: this hook matches JSON fields in the body as sent; turn compression off at the sender"
+                "Content-Encoding {coding} is not supported: this hook reads JSON fields in the body as sent; turn compression off at the sender"
             ),
+            Refusal::Unprocessable(why) => f.write_str(why),
             Refusal::ExpectationFailed => f.write_str("only Expect: 100-continue is supported"),
             Refusal::UpgradeRequired => f.write_str("websocket version other than 13"),
             Refusal::HeadTooLarge => f.write_str("request head too large"),

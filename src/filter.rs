@@ -56,6 +56,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visi
 use serde_json::value::RawValue;
 
 use crate::error::Refusal;
+use crate::fields::EnvFields;
+use crate::form::Carrier;
 use crate::log::Clean;
 use crate::read::Head;
 
@@ -232,6 +234,11 @@ pub struct Filters {
     pub events: Option<(Vec<String>, &'static str)>,
     /// Values the JSON body must hold (`[match]`).
     pub payload: Option<Match>,
+    /// JSON fields of the body handed to the command (`[env]`).
+    pub env: Option<EnvFields>,
+    /// The command's stdin is the JSON payload (`stdin = "payload"`), so
+    /// the body must carry one.
+    pub payload_stdin: bool,
 }
 
 /// Why an authenticated request does not run the command: answered 200, logged.
@@ -259,10 +266,10 @@ impl Filters {
     /// failure that says why; decoding it would take a decompressor bounded
     /// against bombs, for senders that can all be told not to compress.
     pub fn content_type(&self, head: &Head) -> Result<(), Refusal> {
-        if self.payload.is_none() {
+        if !self.reads_payload() {
             return Ok(());
         }
-        if !is_json(head.header("content-type")) {
+        if Carrier::of(head.header("content-type"))?.is_none() {
             return Err(Refusal::UnsupportedMediaType);
         }
         let codings = head
@@ -278,6 +285,11 @@ impl Filters {
             )),
             None => Ok(()),
         }
+    }
+
+    /// Whether anything reads the JSON payload: `[match]`, `[env]`, `stdin = "payload"`.
+    pub fn reads_payload(&self) -> bool {
+        self.payload.is_some() || self.env.is_some() || self.payload_stdin
     }
 
     /// After verification: whether the request's event is one that runs the command.
@@ -665,7 +677,7 @@ impl<'de> Visitor<'de> for Key<'_> {
 /// skipping, where its recursion limit does not apply) and long keys in the
 /// objects the walk decodes (at depth `key_depth` and above; 1 is the top).
 /// Exact for valid JSON; invalid JSON fails either way.
-fn scan(body: &[u8], key_depth: usize) -> Result<(), String> {
+pub(crate) fn scan(body: &[u8], key_depth: usize) -> Result<(), String> {
     let mut depth = 0;
     // Bit `d` is set if the container at depth `d + 1` is an object.
     let mut objects: u128 = 0;
@@ -1219,6 +1231,8 @@ mod tests {
         let filters = Filters {
             events: None,
             payload: Some(rules(r#"ref = "main""#).unwrap()),
+            env: None,
+            payload_stdin: false,
         };
         let head = |encoding: &[&str]| Head {
             method: "POST".into(),

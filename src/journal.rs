@@ -174,6 +174,8 @@ pub struct Entry {
     pub user_agent: String,
     /// The values of [`ENV_NAMES`], in that order.
     pub env: Vec<Vec<u8>>,
+    /// The hook's `[env]` variables, `(NAME, value)`.
+    pub fields: Vec<(String, Vec<u8>)>,
     /// The body's length.
     pub body_len: u64,
     /// Where the body starts in the file.
@@ -309,6 +311,9 @@ impl Journal {
                 "env {name}={}\n",
                 one_line(value.as_encoded_bytes())
             ));
+        }
+        for (name, value) in job.fields() {
+            head.push_str(&format!("env {name}={}\n", one_line(value)));
         }
         head.push_str(&format!("body {body_len}\n\n"));
         let size = head.len() as u64 + body_len;
@@ -537,7 +542,9 @@ impl Journal {
         let env: [OsString; ENV_NAMES.len()] = std::array::from_fn(|i| {
             OsString::from_vec(entry.env.get(i).cloned().unwrap_or_default())
         });
-        Ok(Job::restore(hook, env, body, ticket, replay))
+        let mut job = Job::restore(hook, env, body, ticket, replay);
+        job.set_fields(entry.fields.clone());
+        Ok(job)
     }
 
     /// The entry with `id` (or the only one whose id starts with it).
@@ -634,6 +641,15 @@ impl Journal {
                     .unwrap_or_default()
             })
             .collect();
+        let hook_env = fields
+            .iter()
+            .filter(|(k, _)| k == "env")
+            .filter_map(|(_, v)| {
+                let (name, value) = v.split_at(v.iter().position(|&b| b == b'=')?);
+                let name = String::from_utf8_lossy(name).into_owned();
+                (!ENV_NAMES.contains(&name.as_str())).then(|| (name, unescape(&value[1..])))
+            })
+            .collect();
         let outcome = fs::read_to_string(self.deliveries.join(format!("{name}.outcome")))
             .ok()
             .map(|o| o.trim_end().to_owned())
@@ -648,6 +664,7 @@ impl Journal {
             relay: field("relay"),
             user_agent: field("user-agent").unwrap_or_default(),
             env,
+            fields: hook_env,
             body_len,
             body_offset: offset,
             outcome,

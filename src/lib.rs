@@ -3,8 +3,9 @@
 //! A request's life, one module per stage: [`listen`] (adopt the sockets;
 //! [`tls`] for the ones named `https`) → [`read`] (bounded head, then the
 //! body spooled to a sealed memory file) → [`route`] (path to hook) →
-//! [`verify`] (token or signature, over the [`scheme`]s) → [`filter`]
-//! (events, content type, `[match]`) → [`journal`] (the accepted delivery on
+//! [`verify`] (token or signature, over the [`scheme`]s) → [`form`] (the
+//! JSON of a form delivery) → [`filter`]
+//! (events, content type, `[match]`) → [`fields`] (`[env]`) → [`journal`] (the accepted delivery on
 //! disk before its answer) → [`respond`] (answer, half-close, drain) →
 //! [`act`] (run the command, one at a time per hook, each in its
 //! [`cgroup`]). [`request`] takes one request through them top to bottom;
@@ -33,7 +34,9 @@ pub(crate) mod cli;
 pub(crate) mod config;
 pub(crate) mod deliveries;
 pub(crate) mod error;
+pub(crate) mod fields;
 pub(crate) mod filter;
+pub(crate) mod form;
 pub(crate) mod idle;
 pub(crate) mod journal;
 pub(crate) mod limits;
@@ -117,7 +120,10 @@ pub mod internals {
     pub use crate::cli::{COMMANDS, Opt, Subcommand};
     pub use crate::config::{HOOK_KEYS, Hook, Hooks, Problem, load};
     pub use crate::error::{EXIT_CODES, RequestError};
+    pub use crate::fields::EnvFields;
     pub use crate::filter::{Ignored, Match};
+    pub use crate::form::{Carrier, form_payload, multipart_payload};
+    pub use crate::proxy::Block;
     pub use crate::read::{Framing, Head, MAX_HEADERS, MAX_TARGET_BYTES, Reader, Source};
     pub use crate::respond::STATUSES;
     pub use crate::scheme::{Key, STANDARD_WEBHOOKS_PREFIX, Scheme, Secret};

@@ -9,16 +9,70 @@ use std::str::FromStr;
 
 use crate::read::Head;
 
+/// An address block: `ADDR/BITS`, or one address. Also what a hook's
+/// `allow_from` lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Block {
+    /// The block's address.
+    addr: IpAddr,
+    /// How many leading bits must match.
+    bits: u8,
+}
+
+impl FromStr for Block {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Block, String> {
+        let (addr, bits) = match text.split_once('/') {
+            Some((addr, bits)) => (addr, Some(bits)),
+            None => (text, None),
+        };
+        let addr: IpAddr = addr.parse().map_err(|_| {
+            format!("{text:?} is not an address or ADDR/BITS (e.g. 127.0.0.1, 10.0.0.0/8, ::1)")
+        })?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            None => max,
+            Some(bits) => bits
+                .parse()
+                .ok()
+                .filter(|&b| b <= max)
+                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
+        };
+        Ok(Block { addr, bits })
+    }
+}
+
+impl fmt::Display for Block {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.bits)
+    }
+}
+
+impl Block {
+    /// Whether `ip` is in the block; an IPv4-mapped IPv6 address counts as
+    /// the IPv4 address it maps.
+    pub fn holds(&self, ip: IpAddr) -> bool {
+        let bits = self.bits;
+        let matches = |a: &[u8], b: &[u8]| {
+            let (whole, rest) = (usize::from(bits / 8), bits % 8);
+            a[..whole] == b[..whole] && (rest == 0 || (a[whole] ^ b[whole]) >> (8 - rest) == 0)
+        };
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(a), IpAddr::V4(b)) => matches(&a.octets(), &b.octets()),
+            (IpAddr::V6(a), IpAddr::V6(b)) => matches(&a.octets(), &b.octets()),
+            // A block of IPv4-mapped addresses holds the IPv4 addresses they map.
+            (IpAddr::V6(a), IpAddr::V4(b)) => matches(&a.octets(), &b.to_ipv6_mapped().octets()),
+            _ => false,
+        }
+    }
+}
+
 /// A peer trusted to forward: an address block, or every Unix-socket peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trusted {
-    /// Peers in this block (`ADDR/BITS`, or one address).
-    Net {
-        /// The block's address.
-        addr: IpAddr,
-        /// How many leading bits must match.
-        bits: u8,
-    },
+    /// Peers in this block.
+    Net(Block),
     /// Peers on a Unix socket (`unix`): whoever may open it, e.g. nginx.
     Unix,
 }
@@ -30,32 +84,16 @@ impl FromStr for Trusted {
         if text == "unix" {
             return Ok(Trusted::Unix);
         }
-        let (addr, bits) = match text.split_once('/') {
-            Some((addr, bits)) => (addr, Some(bits)),
-            None => (text, None),
-        };
-        let addr: IpAddr = addr.parse().map_err(|_| {
-            format!(
-                "{text:?} is not an address, ADDR/BITS or unix (e.g. 127.0.0.1, 10.0.0.0/8, ::1)"
-            )
-        })?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let bits = match bits {
-            None => max,
-            Some(bits) => bits
-                .parse()
-                .ok()
-                .filter(|&b| b <= max)
-                .ok_or_else(|| format!("{text:?}: the prefix length must be 0 to {max}"))?,
-        };
-        Ok(Trusted::Net { addr, bits })
+        text.parse()
+            .map(Trusted::Net)
+            .map_err(|e: String| e.replace(" or ADDR/BITS", ", ADDR/BITS or unix"))
     }
 }
 
 impl fmt::Display for Trusted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Trusted::Net { addr, bits } => write!(f, "{addr}/{bits}"),
+            Trusted::Net(block) => block.fmt(f),
             Trusted::Unix => f.write_str("unix"),
         }
     }
@@ -63,20 +101,7 @@ impl fmt::Display for Trusted {
 
 impl Trusted {
     fn holds(&self, ip: IpAddr) -> bool {
-        let Trusted::Net { addr, bits } = *self else {
-            return false;
-        };
-        let matches = |a: &[u8], b: &[u8]| {
-            let (whole, rest) = (usize::from(bits / 8), bits % 8);
-            a[..whole] == b[..whole] && (rest == 0 || (a[whole] ^ b[whole]) >> (8 - rest) == 0)
-        };
-        match (addr, ip.to_canonical()) {
-            (IpAddr::V4(a), IpAddr::V4(b)) => matches(&a.octets(), &b.octets()),
-            (IpAddr::V6(a), IpAddr::V6(b)) => matches(&a.octets(), &b.octets()),
-            // A block of IPv4-mapped addresses holds the IPv4 addresses they map.
-            (IpAddr::V6(a), IpAddr::V4(b)) => matches(&a.octets(), &b.to_ipv6_mapped().octets()),
-            _ => false,
-        }
+        matches!(self, Trusted::Net(block) if block.holds(ip))
     }
 }
 

@@ -919,12 +919,19 @@ impl Reactor<'_> {
             Some(ip) => Source::of(Some(SocketAddr::new(ip, 0))),
             None => conn.source,
         };
+        let conn_client = conn.client;
         self.config.refresh(&head.path);
         if head.path.starts_with(relay::SUB_ROOT) {
             return self.subscribe(id, head, rest);
         }
-        let (name, admitted) =
-            request::admit(&self.config, self.shared, &head, source, !rest.is_empty());
+        let (name, admitted) = request::admit(
+            &self.config,
+            self.shared,
+            &head,
+            conn_client,
+            source,
+            !rest.is_empty(),
+        );
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };

@@ -17,15 +17,16 @@ use crate::act::{Job, Runner};
 use crate::config::{self, Hook, Hooks, Problem, Stamp};
 use crate::error::Refusal;
 use crate::filter::Ignored;
+use crate::form::{self, Carrier};
 use crate::journal::{Journal, Recorder};
 use crate::limits::{Budget, Reservation, Source};
 use crate::log::{Clean, Level};
-use crate::read::{BodyDecoder, Framing, Head, Spool};
+use crate::read::{Body, BodyDecoder, Framing, Head, Spool};
 use crate::relay::{Meta, Store};
 use crate::replay::Replay;
 use crate::respond::Response;
 use crate::route;
-use crate::scheme::Key;
+use crate::scheme::{Key, Scheme};
 use crate::verify::{self, Pending};
 use crate::{error, info};
 
@@ -145,6 +146,7 @@ pub fn admit(
     config: &Config,
     shared: &Shared,
     head: &Head,
+    client: Option<IpAddr>,
     source: Source,
     buffered: bool,
 ) -> (Option<String>, Result<Admitted, Refusal>) {
@@ -152,7 +154,7 @@ pub fn admit(
     let name = found.name().map(str::to_owned);
     (
         name,
-        admit_found(found, shared, config, head, source, buffered),
+        admit_found(found, shared, config, head, (client, source), buffered),
     )
 }
 
@@ -161,10 +163,11 @@ fn admit_found(
     shared: &Shared,
     config: &Config,
     head: &Head,
-    source: Source,
+    (client, source): (Option<IpAddr>, Source),
     buffered: bool,
 ) -> Result<Admitted, Refusal> {
     let hook = route::accept(found, &head.method)?;
+    allowed(&hook, client)?;
     let decoder = BodyDecoder::new(head.framing, hook.max_body)?;
     let pending = verify::before_body(&hook, head, config.key.as_ref())?;
     hook.filters.content_type(head)?;
@@ -184,6 +187,18 @@ fn admit_found(
         reservation,
         grow,
     })
+}
+
+/// Whether `client` may call `hook` (its `allow_from`): decided on the
+/// head, so that a refused client's body is never read, spooled or counted.
+fn allowed(hook: &Hook, client: Option<IpAddr>) -> Result<(), Refusal> {
+    if hook.allow_from.is_empty() {
+        return Ok(());
+    }
+    match client {
+        Some(ip) if hook.allow_from.iter().any(|block| block.holds(ip)) => Ok(()),
+        _ => Err(Refusal::NotAllowedFrom(client.map(|ip| ip.to_canonical()))),
+    }
 }
 
 fn reserve(shared: &Shared, source: Source, bytes: u64) -> Result<Reservation, Refusal> {
@@ -237,6 +252,9 @@ pub fn decide(
     } = admitted;
     let body = spool.finish()?;
     let verified = pending.finish(|| body.map())?;
+    if hook.scheme == Scheme::Linear {
+        verify::linear_timestamp(&body.map()?)?;
+    }
     // Authenticated: the body no longer counts against the budget.
     drop(reservation);
     for (what, id) in &verified.replay_ids {
@@ -251,21 +269,35 @@ pub fn decide(
     if let Err(why) = hook.filters.event(head) {
         return Ok(Accepted::Ignored(why));
     }
+    // A form's JSON, out of its payload field or part, spooled as the body is.
+    let payload = form_payload(&hook, head, &body)?;
+    let json = payload.as_ref().unwrap_or(&body);
     if let Some(rules) = &hook.filters.payload
-        && let Err(why) = rules.check(&body.map()?)
+        && let Err(why) = rules.check(&json.map()?)
     {
         return Ok(Accepted::Ignored(why));
     }
+    let fields = match &hook.filters.env {
+        Some(env) => env
+            .extract(&json.map()?)
+            .map_err(|why| Refusal::Unprocessable(format!("cannot set the hook's [env]: {why}")))?,
+        None => Vec::new(),
+    };
     // Relay store → journal: a delivery refused for want of the relay's
-    // store is neither published nor run.
+    // store is neither published nor run. The body as the sender sent it.
     if hook.publish.is_some() {
         let seq = publish(shared, &hook, head, &body.map()?)?;
         if hook.command.is_empty() {
             return Ok(Accepted::Published(seq));
         }
     }
+    let body = match payload {
+        Some(payload) if hook.filters.payload_stdin => payload,
+        _ => body,
+    };
     let ticket = shared.runner.ticket();
     let mut job = Job::new(hook, head, client, body, ticket);
+    job.set_fields(fields);
     // Journal → job: on disk before the answer says yes.
     if let Some(journal) = shared.journal.as_ref().filter(|_| job.hook().journal) {
         let user_agent = head.header("user-agent").unwrap_or_default();
@@ -293,6 +325,25 @@ fn publish(shared: &Shared, hook: &Hook, head: &Head, body: &[u8]) -> Result<u64
         content_type: field(Some("content-type")),
     };
     store.publish(hook, &meta, body)
+/// The JSON payload of a form delivery, when the hook reads it; `None` for
+/// a JSON body, which is its own payload.
+fn form_payload(hook: &Hook, head: &Head, body: &Body) -> Result<Option<Body>, Refusal> {
+    if !hook.filters.reads_payload() {
+        return Ok(None);
+    }
+    let carrier = Carrier::of(head.header("content-type"))?;
+    if !matches!(carrier, Some(Carrier::Form | Carrier::Multipart(_))) {
+        return Ok(None);
+    }
+    let whole = body.map()?;
+    let mut spool = Spool::new(Framing::Chunked)?;
+    match carrier {
+        Some(Carrier::Multipart(boundary)) => {
+            spool.write(form::multipart_payload(&whole, &boundary)?)?;
+        }
+        _ => form::form_payload(&whole, &mut |piece| spool.write(piece))?,
+    }
+    spool.finish().map(Some)
 }
 
 /// The response to an outcome, with the level and the words of its log line.

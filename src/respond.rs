@@ -284,7 +284,7 @@ pub const OUTPUT_MAX: usize = 64 * 1024;
 pub const CUT_MARKER: &[u8] = b"\n[sockhook: output cut at 65536 bytes]\n";
 
 /// Every status sockhook sends, with its reason phrase (RFC 9110 §15).
-pub const STATUSES: [(u16, &str); 24] = [
+pub const STATUSES: [(u16, &str); 25] = [
     (100, "Continue"),
     (101, "Switching Protocols"),
     (200, "OK"),
@@ -301,6 +301,7 @@ pub const STATUSES: [(u16, &str); 24] = [
     (414, "URI Too Long"),
     (415, "Unsupported Media Type"),
     (417, "Expectation Failed"),
+    (422, "Unprocessable Content"),
     (426, "Upgrade Required"),
     (431, "Request Header Fields Too Large"),
     (500, "Internal Server Error"),
@@ -313,12 +314,11 @@ pub const STATUSES: [(u16, &str); 24] = [
 
 /// Statuses sockhook sends only when a hook's `exit_status` maps to them,
 /// with their reason phrases (RFC 9110 §15, RFC 6585).
-const MAPPED_STATUSES: [(u16, &str); 9] = [
+const MAPPED_STATUSES: [(u16, &str); 8] = [
     (201, "Created"),
     (409, "Conflict"),
     (410, "Gone"),
     (412, "Precondition Failed"),
-    (422, "Unprocessable Content"),
     (423, "Locked"),
     (424, "Failed Dependency"),
     (429, "Too Many Requests"),

@@ -7,6 +7,7 @@
 //! which runs in constant time.
 
 use std::ops::Deref;
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -17,6 +18,8 @@ use sha2::Sha256;
 
 use crate::config::{Hook, Problem};
 use crate::error::Refusal;
+use crate::fields::EnvFields;
+use crate::form::{self, Carrier};
 use crate::read::Head;
 use crate::replay::MAX_ID_BYTES;
 pub use crate::scheme::unhex;
@@ -71,6 +74,12 @@ pub struct BodyCheck {
     prefix: Vec<u8>,
     /// What a replay of this delivery would repeat.
     replay: ReplayKey,
+    /// MACs keyed as `macs` are, for the decoded `payload` field of a form:
+    /// what Gitea and Forgejo sign when they send a form. Either kind may
+    /// match, so that a JSON body that a client labels a form (curl's
+    /// default) still verifies; both cover the same JSON, so neither lets a
+    /// sender without the secret through.
+    form_macs: Option<Vec<HmacSha256>>,
 }
 
 /// What identifies a delivery for the replay check.
@@ -113,12 +122,22 @@ impl Pending {
     /// asked for only then.
     pub fn finish<B: Deref<Target = [u8]>>(
         self,
-        body: impl FnOnce() -> Result<B, Refusal>,
+        body: impl Fn() -> Result<B, Refusal>,
     ) -> Result<Verified, Refusal> {
-        let check = match self {
+        let mut check = match self {
             Pending::Done => return Ok(Verified { replay_ids: vec![] }),
             Pending::Body(check) => check,
         };
+        if let Some(mut form_macs) = check.form_macs.take() {
+            let whole = body()?;
+            let decoded = form::form_payload(&whole, &mut |piece| {
+                form_macs.iter_mut().for_each(|mac| mac.update(piece));
+                Ok(())
+            });
+            if decoded.is_ok() {
+                check.macs.extend(form_macs);
+            }
+        }
         let mut matched = check
             .expected
             .iter()
@@ -202,6 +221,7 @@ impl BodyCheck {
             signatures: vec![],
             prefix: prefix.to_vec(),
             replay: ReplayKey::None,
+            form_macs: None,
         }
     }
 
@@ -264,7 +284,17 @@ pub fn before_body(
             let name = hook.scheme.signature_header().unwrap_or_default();
             let value =
                 single(head, &name.to_ascii_lowercase()).map_err(|e| e.into_refusal(name))?;
-            body_mac(hook, value, name)
+            let mut pending = body_mac(hook, value, name)?;
+            // A form delivery's signature covers its payload field, not the form.
+            if let Pending::Body(check) = &mut pending
+                && matches!(
+                    Carrier::of(head.header("content-type")),
+                    Ok(Some(Carrier::Form))
+                )
+            {
+                check.form_macs = Some(check.macs.clone());
+            }
+            Ok(pending)
         }
         Scheme::Gitlab => {
             let value =
@@ -491,6 +521,36 @@ fn standard_webhooks(hook: &Hook, head: &Head) -> Result<Pending, Refusal> {
         .ed25519(secrets, signatures)
         .replay(ReplayKey::Signed(id));
     Ok(Pending::Body(check))
+}
+
+/// Linear's `webhookTimestamp` (milliseconds, in the signed body), checked
+/// like a timestamp header once the signature holds. Linear sends it in
+/// every delivery, and no one without the secret can take it out of a
+/// signed body, so a body without one (or one that is not JSON, which the
+/// filters deal with) is not refused for it. Read with `[env]`'s bounded
+/// walk: only that one field is decoded.
+pub fn linear_timestamp(body: &[u8]) -> Result<(), Refusal> {
+    static FIELD: LazyLock<EnvFields> = LazyLock::new(|| {
+        let table = toml::Table::from_iter([(
+            "WEBHOOK_TIMESTAMP".to_owned(),
+            toml::Value::String("webhookTimestamp".to_owned()),
+        )]);
+        EnvFields::from_toml(&table, None, Some("json")).expect("a valid [env] table")
+    });
+    let Ok(values) = FIELD.extract(body) else {
+        return Ok(());
+    };
+    let Some((_, text)) = values.first().filter(|(_, text)| !text.is_empty()) else {
+        return Ok(());
+    };
+    let ms = std::str::from_utf8(text)
+        .ok()
+        .filter(|t| t.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|t| t.parse::<u64>().ok())
+        .ok_or_else(|| {
+            Refusal::unauthorized("webhookTimestamp in the body is not a number of milliseconds")
+        })?;
+    seconds("webhookTimestamp", &(ms / 1000).to_string()).map(|_| ())
 }
 
 /// A timestamp header's Unix seconds, if within [`TIMESTAMP_TOLERANCE`] of now.

@@ -48,6 +48,11 @@ fn read_split() {
 }
 
 #[test]
+fn payloads() {
+    replay("payloads", drivers::payloads);
+}
+
+#[test]
 fn payload_filter() {
     replay("payload_filter", drivers::payload_filter);
 }

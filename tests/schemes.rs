@@ -1264,11 +1264,21 @@ fn match_without_json_content_type_is_415_and_runs_nothing() {
     let f = Fixture::new("match-form");
     hook(&f, Github, MATCH);
     let served = serve(&f);
+    let text = Case::new(Github)
+        .deliver(MATCHING)
+        .set("Content-Type", "text/plain");
+    let reply = text.send(&served);
+    assert_eq!(reply.status(), 415, "{reply:?}");
+    // A form is read for its payload field; JSON sent as a form has none.
     let form = Case::new(Github)
         .deliver(MATCHING)
         .set("Content-Type", "application/x-www-form-urlencoded");
     let reply = form.send(&served);
-    assert_eq!(reply.status(), 415, "{reply:?}");
+    assert_eq!(reply.status(), 422, "{reply:?}");
+    assert_eq!(
+        reply.body(),
+        "cannot read the form's payload: the form has no payload field\n"
+    );
     let reply = Case::new(Github).deliver(MATCHING).send(&served);
     assert_accepted(&reply, &served);
     finish(&f, served, 1, MATCHING);

@@ -527,6 +527,58 @@ fn linear_deliveries_as_documented() {
     exercise(Sender::linear());
 }
 
+/// Linear's `webhookTimestamp` (milliseconds, in the signed body) is checked
+/// once the signature holds, with the tolerance of the timestamp headers.
+#[test]
+fn linear_webhook_timestamp_is_checked() {
+    if !libraries() {
+        return;
+    }
+    let sender = Sender::linear();
+    let (f, key, _) = setup(&sender);
+    let served = f.serve_guarded(&["--idle-timeout", IDLE]);
+    let send = |timestamp: &str| {
+        let body =
+            format!(r#"{{"action":"create","type":"Issue","webhookTimestamp":{timestamp}}}"#);
+        let headers = library_signs(sender.lib, &key, now(), &unique_id(), body.as_bytes());
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        served.post(PATH, &headers, body.as_bytes())
+    };
+    let fresh = send(&(now() * 1000 + 123).to_string());
+    assert_eq!(fresh.status(), 204, "{fresh:?}\n{}", served.log());
+    // The answer names the age; the clock may tick between here and there.
+    for (timestamp, says) in [
+        ((now() - OFF) * 1000, "s old, tolerance 300 s"),
+        (
+            (now() + OFF) * 1000 + 999,
+            "s in the future, tolerance 300 s",
+        ),
+    ] {
+        let reply = send(&timestamp.to_string());
+        assert_eq!(reply.status(), 401, "{reply:?}");
+        let body = reply.body();
+        let age = body
+            .strip_prefix("unauthorized: webhookTimestamp is ")
+            .and_then(|rest| rest.strip_suffix(&format!(" {says}\n")))
+            .and_then(|age| age.parse::<i64>().ok())
+            .unwrap_or_else(|| panic!("{says}: {body}"));
+        assert!((OFF - 2..=OFF + 2).contains(&age), "{body}");
+    }
+    for bad in ["1.5e12", "-1", "true", "{}"] {
+        let reply = send(bad);
+        assert_eq!(reply.status(), 401, "{bad}: {reply:?}");
+        assert!(
+            reply
+                .body()
+                .contains("webhookTimestamp in the body is not a number of milliseconds"),
+            "{bad}: {reply:?}"
+        );
+    }
+    let (status, log) = served.wait(PATIENCE);
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert_eq!(f.runs("h"), 1, "{log}");
+}
+
 #[test]
 fn sentry_deliveries_as_documented() {
     exercise(Sender::sentry());

@@ -12,8 +12,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use sockhook::internals::{
-    self as verify, Framing, Head, Hook, Key, MAX_HEADERS, MAX_TARGET_BYTES, Match, Pending,
-    Problem, Reader, STANDARD_WEBHOOKS_PREFIX, Scheme, Source,
+    self as verify, Block, Carrier, EnvFields, Framing, Head, Hook, Key, MAX_HEADERS,
+    MAX_TARGET_BYTES, Match, Pending, Problem, Reader, STANDARD_WEBHOOKS_PREFIX, Scheme, Source,
+    form_payload, multipart_payload,
 };
 
 /// The body limit of `parse_request` and `chunked`: small, so that inputs reach it.
@@ -549,4 +550,113 @@ fn assert_holds(table: &toml::Table, value: &serde_json::Value) {
             other => panic!("rule {key} = {other:?}"),
         }
     }
+}
+
+/// The `[env]` table of `payloads`: keys, array indexes, a path through both.
+pub const ENV_TABLE: &str = "A = \"ref\"\nB = \"commits.0.id\"\nC = \"a.b\"\nD = \"1\"";
+
+/// The parsers of what a form, an `[env]` table or `allow_from` hands in;
+/// the first byte picks one, the rest is its input:
+/// `'0'` `form_payload` (checked against a plain percent-decoder),
+/// `'1'` `multipart_payload` with boundary `B` (the part must lie in the body),
+/// `'2'` `EnvFields::extract` of [`ENV_TABLE`] (each string value checked
+/// against serde_json's own parse), `'3'` `Block` (a block's text must parse
+/// back to it, and an address in it must be held), `'4'` `Carrier::of`.
+pub fn payloads(data: &[u8]) {
+    let Some((&which, input)) = data.split_first() else {
+        return;
+    };
+    match which {
+        b'0' => {
+            let mut decoded = Vec::new();
+            let result = form_payload(input, &mut |piece| {
+                decoded.extend_from_slice(piece);
+                Ok(())
+            });
+            if result.is_ok() {
+                assert!(decoded.len() <= input.len(), "decoded longer than the form");
+                let field = input
+                    .split(|&b| b == b'&')
+                    .find_map(|pair| pair.strip_prefix(b"payload="))
+                    .or_else(|| {
+                        input
+                            .split(|&b| b == b'&')
+                            .find(|p| *p == b"payload")
+                            .map(|_| &b""[..])
+                    });
+                if let Some(field) = field {
+                    assert_eq!(decoded, percent_decode(field), "decoded differently");
+                }
+            }
+        }
+        b'1' => {
+            if let Ok(part) = multipart_payload(input, b"B") {
+                let (start, end) = (
+                    input.as_ptr() as usize,
+                    input.as_ptr() as usize + input.len(),
+                );
+                let at = part.as_ptr() as usize;
+                assert!(
+                    at >= start && at + part.len() <= end,
+                    "the part is not in the body"
+                );
+            }
+        }
+        b'2' => {
+            static FIELDS: OnceLock<EnvFields> = OnceLock::new();
+            let fields = FIELDS.get_or_init(|| {
+                EnvFields::from_toml(&ENV_TABLE.parse().unwrap(), None, Some("json")).unwrap()
+            });
+            let Ok(values) = fields.extract(input) else {
+                return;
+            };
+            for (_, value) in &values {
+                assert!(value.len() <= 4096, "a value over 4096 bytes");
+                assert!(!value.contains(&0), "a NUL in a value");
+            }
+            let text = input.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(input);
+            if let Ok(json) = serde_json::from_slice::<serde_json::Value>(text) {
+                let got = |name: &str| &values.iter().find(|(n, _)| n == name).unwrap().1;
+                for (name, pointer) in [("A", "/ref"), ("B", "/commits/0/id"), ("C", "/a/b")] {
+                    if let Some(serde_json::Value::String(s)) = json.pointer(pointer) {
+                        assert_eq!(got(name), s.as_bytes(), "{name}");
+                    }
+                }
+            }
+        }
+        b'3' => {
+            let Ok(text) = std::str::from_utf8(input) else {
+                return;
+            };
+            if let Ok(block) = text.parse::<Block>() {
+                let again: Block = block.to_string().parse().expect("a block's text parses");
+                assert_eq!(again, block, "{text}");
+                let addr = text.split('/').next().unwrap().parse().unwrap();
+                assert!(block.holds(addr), "{text} does not hold its own address");
+            }
+        }
+        b'4' => {
+            let _ = Carrier::of(Some(input));
+        }
+        _ => {}
+    }
+}
+
+/// `application/x-www-form-urlencoded` decoding, byte by byte.
+fn percent_decode(field: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < field.len() {
+        match field[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(&field[i + 1..i + 3]).unwrap();
+                out.push(u8::from_str_radix(hex, 16).unwrap());
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
 }

@@ -583,6 +583,13 @@ impl Fixture {
         Served { server, guard }
     }
 
+    /// [`Fixture::serve_guarded`] on `listener` (e.g. one bound to `[::1]`).
+    pub fn serve_guarded_on(&self, listener: &TcpListener, args: &[&str]) -> Served {
+        let guard = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let server = self.serve_on(listener, &guarded_args(args), &[]);
+        Served { server, guard }
+    }
+
     /// Starts sockhook with `listener` on fd 3; the test's copy closes on return.
     fn serve_on(&self, listener: &TcpListener, args: &[&str], env: &[(&str, &str)]) -> Server {
         let addr = listener.local_addr().unwrap();
