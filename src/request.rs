@@ -325,6 +325,8 @@ fn publish(shared: &Shared, hook: &Hook, head: &Head, body: &[u8]) -> Result<u64
         content_type: field(Some("content-type")),
     };
     store.publish(hook, &meta, body)
+}
+
 /// The JSON payload of a form delivery, when the hook reads it; `None` for
 /// a JSON body, which is its own payload.
 fn form_payload(hook: &Hook, head: &Head, body: &Body) -> Result<Option<Body>, Refusal> {
