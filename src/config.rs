@@ -569,6 +569,7 @@ fn relay_only(file: &HookFile) -> Result<(), String> {
         ("publish_keep", file.publish_keep.is_some()),
         ("publish_max_bytes", file.publish_max_bytes.is_some()),
         ("allow_from", file.allow_from.is_some()),
+        ("stdin", file.stdin.is_some()),
     ];
     if let Some((key, _)) = unused.iter().find(|(_, set)| *set) {
         return Err(format!(

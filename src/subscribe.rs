@@ -855,6 +855,21 @@ impl Subscriber {
                 return Ok(());
             }
         };
+        // The hook's [env] from the JSON body, as serve sets it; a field the
+        // hook requires and the body lacks skips the message like a bad hook.
+        let fields = match &found.filters.env {
+            Some(env) => match env.extract(body) {
+                Ok(fields) => fields,
+                Err(why) => {
+                    warning!(
+                        "hook {hook}: message {seq} skipped: cannot set the hook's [env]: {why}; its seq still advances"
+                    );
+                    self.resume.take(epoch, hook, *seq);
+                    return Ok(());
+                }
+            },
+            None => Vec::new(),
+        };
         let mut spool =
             Spool::new(Framing::Length(body.len() as u64)).map_err(|e| e.to_string())?;
         spool.write(body).map_err(|e| e.to_string())?;
@@ -871,6 +886,7 @@ impl Subscriber {
         ];
         let mut job =
             Job::restore(found, env, body, self.runner.ticket(), false).relayed(epoch, hook, *seq);
+        job.set_fields(fields);
         if let Some(journal) = &self.journal {
             match journal.record(&job, b"", None) {
                 Ok(pending) => job.watch(Box::new(Recorder::new(pending))),
