@@ -40,6 +40,14 @@
 //! entry without an outcome is pending; the process that wrote it holds an
 //! `flock` on it until the outcome is written, so a pending entry whose lock
 //! can be taken belongs to a process that is gone.
+//!
+//! What a delivery costs on the way to its answer is the entry's write and
+//! the two syncs: renames are group-committed (one directory sync serves
+//! every delivery renamed before it started), and the finished entries a
+//! delivery pushes past `--journal-keep` are removed when its run's outcome
+//! is written, not before its answer (an unlink frees blocks, which the next
+//! journal commit of the filesystem pays for). An activation looks at the
+//! directory once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -92,6 +100,9 @@ pub struct Journal {
 #[derive(Default)]
 struct Index {
     files: BTreeMap<SortKey, EntryFile>,
+    /// Finished entries past `keep`, out of the index, whose files are
+    /// removed after the answer (by the next outcome written), not before.
+    removable: Vec<String>,
 }
 
 impl Index {
@@ -122,6 +133,8 @@ struct SyncState {
     synced: u64,
     /// A sync is running.
     running: bool,
+    /// The directory, opened by the first sync and kept for the next.
+    dir: Option<Arc<File>>,
 }
 
 impl DirSync {
@@ -137,18 +150,33 @@ impl DirSync {
             if !state.running {
                 state.running = true;
                 let covers = state.renamed;
+                let opened = state.dir.clone();
                 drop(state);
-                let synced = File::open(dir).and_then(|d| d.sync_all());
+                let opened = match opened {
+                    Some(d) => Ok(d),
+                    None => File::open(dir).map(Arc::new),
+                };
+                let synced = opened.and_then(|d| d.sync_all().map(|()| d));
                 state = self.state.lock().unwrap_or_else(|e| e.into_inner());
                 state.running = false;
-                if synced.is_ok() {
+                if let Ok(d) = &synced {
                     state.synced = state.synced.max(covers);
+                    state.dir = Some(Arc::clone(d));
                 }
                 self.done.notify_all();
                 synced?;
                 continue;
             }
             state = self.done.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+impl Drop for Journal {
+    /// What was left for after an answer goes when the activation does.
+    fn drop(&mut self) {
+        if let Some(index) = lock_index(&self.index).as_mut() {
+            self.remove_removable(index);
         }
     }
 }
@@ -212,6 +240,15 @@ impl Pending {
 
     /// Writes the outcome: the delivery is no longer pending.
     fn finish(self, outcome: &str) {
+        // Past `keep`: removed off the request path, before the outcome
+        // that says this run is over.
+        let removable = lock_index(&self.index)
+            .as_mut()
+            .map(|index| std::mem::take(&mut index.removable))
+            .unwrap_or_default();
+        for name in removable {
+            remove_entry(&self.deliveries, &name);
+        }
         let path = self.deliveries.join(format!("{}.outcome", self.name));
         let tmp = self.deliveries.join(format!("{}.outcome.tmp", self.name));
         let written =
@@ -334,6 +371,8 @@ impl Journal {
                 let _ = fs::remove_file(&path);
                 if let Some(index) = lock_index(&self.index).as_mut() {
                     index.files.remove(&sort_key(&name));
+                    // The disk may be full: what can go, goes now.
+                    self.remove_removable(index);
                 }
                 return Err(Refusal::NotStored(e));
             }
@@ -376,6 +415,7 @@ impl Journal {
         let mut left = self.prune(index, size);
         if left > self.max_bytes && !fresh {
             // Another process may have removed entries: look again.
+            self.remove_removable(index);
             *index = self.read_index().map_err(Refusal::NotStored)?;
             left = self.prune(index, size);
         }
@@ -397,35 +437,54 @@ impl Journal {
 
     /// Removes the finished entries that must go for `size` more bytes;
     /// returns the bytes the journal would then hold, `size` included.
+    /// Those past `keep` leave the index now and the disk after the answer
+    /// (an unlink costs the request its time, and the next sync its
+    /// journal commit); those the size cap needs gone go now, since the new
+    /// entry needs their room.
     fn prune(&self, index: &mut Index, size: u64) -> u64 {
         let mut per_hook: HashMap<&str, usize> = HashMap::new();
-        let mut doomed: Vec<SortKey> = Vec::new();
+        let mut past_keep: Vec<SortKey> = Vec::new();
         // Newest first: past `keep` per hook, finished entries go.
         for (key, file) in index.files.iter().rev() {
             let seen = per_hook.entry(file.hook.as_str()).or_default();
             *seen += 1;
             if *seen >= self.keep && file.finished {
-                doomed.push(key.clone());
+                past_keep.push(key.clone());
             }
         }
-        let mut total = index.total() - doomed.iter().map(|k| index.files[k].size).sum::<u64>();
+        for key in past_keep {
+            if let Some(file) = index.files.remove(&key) {
+                index.removable.push(file.name);
+            }
+        }
+        let mut total = index.total();
+        let mut for_room: Vec<SortKey> = Vec::new();
         // Oldest first: finished entries go until the new one fits.
         for (key, file) in &index.files {
             if total.saturating_add(size) <= self.max_bytes {
                 break;
             }
-            if file.finished && !doomed.contains(key) {
-                doomed.push(key.clone());
+            if file.finished {
+                for_room.push(key.clone());
                 total -= file.size;
             }
         }
-        for key in doomed {
+        if !for_room.is_empty() {
+            self.remove_removable(index);
+        }
+        for key in for_room {
             if let Some(file) = index.files.remove(&key) {
-                let _ = fs::remove_file(self.deliveries.join(format!("{}.entry", file.name)));
-                let _ = fs::remove_file(self.deliveries.join(format!("{}.outcome", file.name)));
+                remove_entry(&self.deliveries, &file.name);
             }
         }
         total.saturating_add(size)
+    }
+
+    /// Removes now the entries left for after an answer.
+    fn remove_removable(&self, index: &mut Index) {
+        for name in std::mem::take(&mut index.removable) {
+            remove_entry(&self.deliveries, &name);
+        }
     }
 
     /// The index as the directory shows it now.
@@ -436,20 +495,31 @@ impl Journal {
                 .into_iter()
                 .map(|f| (sort_key(&f.name), f))
                 .collect(),
+            removable: Vec::new(),
         })
     }
 
     /// Every entry file, oldest first, with its size and whether it has an outcome.
     fn files(&self) -> io::Result<Vec<EntryFile>> {
+        Ok(self.listing()?.0)
+    }
+
+    /// One look at the directory: every entry file, oldest first, with its
+    /// size and whether it has an outcome; and every entry being written
+    /// (`.tmp`), which may be torn.
+    fn listing(&self) -> io::Result<(Vec<EntryFile>, Vec<PathBuf>)> {
         let mut entries = BTreeMap::new();
         let mut outcomes = Vec::new();
+        let mut written = Vec::new();
         for dirent in fs::read_dir(&self.deliveries)? {
             let dirent = dirent?;
             let file_name = dirent.file_name();
             let Some(file_name) = file_name.to_str() else {
                 continue;
             };
-            if let Some(name) = file_name.strip_suffix(".entry") {
+            if file_name.ends_with(".tmp") && !file_name.ends_with(".outcome.tmp") {
+                written.push(dirent.path());
+            } else if let Some(name) = file_name.strip_suffix(".entry") {
                 let Some((_, hook)) = name.split_once('_') else {
                     continue;
                 };
@@ -464,18 +534,23 @@ impl Journal {
                 entry.finished = true;
             }
         }
-        Ok(entries.into_values().collect())
+        Ok((entries.into_values().collect(), written))
     }
 
     /// Every entry that can be read, oldest first, and one line for each
     /// that cannot (torn or corrupt), which is skipped.
     pub fn entries(&self) -> io::Result<(Vec<Entry>, Vec<String>)> {
-        self.read_all(self.files()?)
+        let (files, written) = self.listing()?;
+        self.read_all(files, &torn(written))
     }
 
-    /// The entries `wanted` picks from the listing, read; the problems of
-    /// those, and the torn files.
-    fn read_all(&self, files: Vec<EntryFile>) -> io::Result<(Vec<Entry>, Vec<String>)> {
+    /// The entries of `files`, read; the problems of those, and the torn
+    /// files.
+    fn read_all(
+        &self,
+        files: Vec<EntryFile>,
+        torn: &[PathBuf],
+    ) -> io::Result<(Vec<Entry>, Vec<String>)> {
         let mut entries = Vec::new();
         let mut problems = Vec::new();
         for file in files {
@@ -484,33 +559,13 @@ impl Journal {
                 Err(e) => problems.push(format!("skipped journal entry {}: {e}", file.name)),
             }
         }
-        for torn in self.torn()? {
+        for torn in torn {
             problems.push(format!(
                 "skipped journal entry {}: torn (a crash while it was written; it was never answered 2xx)",
                 torn.display()
             ));
         }
         Ok((entries, problems))
-    }
-
-    /// Entries left half-written by a process that is gone: `.tmp` files
-    /// whose writer's lock can be taken (one being written is locked).
-    fn torn(&self) -> io::Result<Vec<PathBuf>> {
-        let mut torn = Vec::new();
-        for dirent in fs::read_dir(&self.deliveries)?.flatten() {
-            let path = dirent.path();
-            let name = dirent.file_name();
-            let name = name.to_string_lossy();
-            if !name.ends_with(".tmp") || name.ends_with(".outcome.tmp") {
-                continue;
-            }
-            let unlocked = File::open(&path)
-                .is_ok_and(|file| Flock::lock(file, FlockArg::LockExclusiveNonblock).is_ok());
-            if unlocked {
-                torn.push(path);
-            }
-        }
-        Ok(torn)
     }
 
     /// The job `entry` asked for, its body read back into a sealed memory
@@ -674,9 +729,10 @@ impl Journal {
     /// The pending entries whose writer is gone, oldest first, each locked
     /// for this process; logs one line per entry it skips.
     pub fn take_pending(&self) -> Vec<(Entry, Pending)> {
-        // One listing: it also fills the index the first delivery needs, and
-        // only the pending entries are read.
-        let listed = self.files().map(|files| {
+        // One listing: it also fills the index the first delivery needs and
+        // finds the torn entries, and only the pending entries are read.
+        let mut torn_files = Vec::new();
+        let listed = self.listing().map(|(files, written)| {
             let mut index = lock_index(&self.index);
             if index.is_none() {
                 *index = Some(Index {
@@ -684,11 +740,14 @@ impl Journal {
                         .iter()
                         .map(|f| (sort_key(&f.name), f.clone()))
                         .collect(),
+                    removable: Vec::new(),
                 });
             }
+            torn_files = torn(written);
             files.into_iter().filter(|f| !f.finished).collect()
         });
-        let (entries, problems) = match listed.and_then(|pending| self.read_all(pending)) {
+        let read = listed.and_then(|pending| self.read_all(pending, &torn_files));
+        let (entries, problems) = match read {
             Ok(found) => found,
             Err(e) => {
                 warning!(
@@ -702,7 +761,7 @@ impl Journal {
             warning!("{problem}");
         }
         // Never answered 2xx, so nothing is lost with them; said once, above.
-        for torn in self.torn().unwrap_or_default() {
+        for torn in torn_files {
             let _ = fs::remove_file(torn);
         }
         let mut taken = Vec::new();
@@ -735,6 +794,25 @@ impl Journal {
     pub fn locks(&self) -> PathBuf {
         self.locks.clone()
     }
+}
+
+/// Of the entries being written, those left half-written by a process that
+/// is gone: `.tmp` files whose writer's lock can be taken (one being
+/// written is locked).
+fn torn(written: Vec<PathBuf>) -> Vec<PathBuf> {
+    written
+        .into_iter()
+        .filter(|path| {
+            File::open(path)
+                .is_ok_and(|file| Flock::lock(file, FlockArg::LockExclusiveNonblock).is_ok())
+        })
+        .collect()
+}
+
+/// Removes entry `name` and its outcome.
+fn remove_entry(deliveries: &Path, name: &str) {
+    let _ = fs::remove_file(deliveries.join(format!("{name}.entry")));
+    let _ = fs::remove_file(deliveries.join(format!("{name}.outcome")));
 }
 
 /// Runs again, oldest first and coalesced as usual, each pending delivery

@@ -957,7 +957,7 @@ impl Reactor<'_> {
         }
     }
 
-    /// The body is in: a worker decides.
+    /// The body is in: a worker decides, or this thread for a quick verdict.
     fn decide(&mut self, id: u64) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
@@ -975,6 +975,10 @@ impl Reactor<'_> {
         self.watch(id, None);
         if let Some(conn) = self.conns.get(&id) {
             self.deadlines.remove(&(conn.deadline, id));
+        }
+        if task.admitted.is_quick(self.shared) {
+            let outcome = request::decide(self.shared, &task.head, task.client, task.admitted);
+            return self.on_decided(Decided { id, outcome });
         }
         if !self.workers.submit(task) {
             self.refuse(

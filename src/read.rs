@@ -604,6 +604,11 @@ impl Spool {
         Ok(Spool { file, len: 0 })
     }
 
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.len
+    }
+
     /// Appends the next piece of the body.
     pub fn write(&mut self, piece: &[u8]) -> Result<(), Refusal> {
         self.len += piece.len() as u64;

@@ -234,7 +234,20 @@ impl Admitted {
     pub fn is_complete(&self) -> bool {
         self.decoder.is_done()
     }
+
+    /// Whether the verdict is cheap enough for the event loop's own thread:
+    /// a body of at most [`QUICK_BODY_BYTES`] and no synced write to the
+    /// journal. A worker costs a thread hop each way, two context switches
+    /// that for a small request take longer than the verdict itself.
+    pub fn is_quick(&self, shared: &Shared) -> bool {
+        self.spool.written() <= QUICK_BODY_BYTES && !(shared.journal.is_some() && self.hook.journal)
+    }
 }
+
+/// Largest body whose verdict the event loop gives itself (see
+/// [`Admitted::is_quick`]): its MAC is already computed, and a payload
+/// filter or an Ed25519 check over it takes well under a millisecond.
+pub const QUICK_BODY_BYTES: u64 = 64 * 1024;
 
 /// Verdict → job: the stages after the body.
 pub fn decide(
