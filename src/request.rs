@@ -236,11 +236,14 @@ impl Admitted {
     }
 
     /// Whether the verdict is cheap enough for the event loop's own thread:
-    /// a body of at most [`QUICK_BODY_BYTES`] and no synced write to the
-    /// journal. A worker costs a thread hop each way, two context switches
-    /// that for a small request take longer than the verdict itself.
+    /// a body of at most [`QUICK_BODY_BYTES`] and no synced write, to the
+    /// journal or to the relay's store. A worker costs a thread hop each
+    /// way, two context switches that for a small request take longer than
+    /// the verdict itself.
     pub fn is_quick(&self, shared: &Shared) -> bool {
-        self.spool.written() <= QUICK_BODY_BYTES && !(shared.journal.is_some() && self.hook.journal)
+        self.spool.written() <= QUICK_BODY_BYTES
+            && !(shared.journal.is_some() && self.hook.journal)
+            && self.hook.publish.is_none()
     }
 }
 
