@@ -742,6 +742,49 @@ fn a_subscription_to_one_hook_gets_that_hook_only() {
 }
 
 #[test]
+fn a_message_over_the_home_hooks_max_body_is_skipped_and_one_over_every_bound_ends_the_connection()
+{
+    let relay = RealRelay::start("sub-size-relay", &["kodi", "big"], "", None);
+    let home = Home::new("sub-size", &relay.token("/sub/hooks/"));
+    home.hook("kodi", false);
+    let d = home.f.dir.display();
+    // Both bounds: kodi's max_body 16, and no relay hook here takes more than
+    // 70,000 bytes, so no message over 70,000 + 64 KiB is read at all.
+    home.f.hook(
+        "kodi",
+        &format!(
+            "command = [{:?}]\nauth = \"relay\"\nmax_body = 16\n",
+            home.f.dir.join("kodi.sh")
+        ),
+    );
+    home.f.hook(
+        "big",
+        &format!("command = [\"/bin/sh\", \"-c\", \"cat >{d}/big.out\"]\nauth = \"relay\"\nmax_body = 70000\n"),
+    );
+    let sub = home.subscribe(&relay.url("/sub/hooks/"), &["--max-backoff", "1"]);
+    sub.wait_log("connected to", 1);
+    assert_eq!(relay.publish("kodi", "seventeen bytes!!"), 204);
+    assert_eq!(relay.publish("kodi", "sixteen bytes!!!"), 204);
+    wait_for(
+        "the 16 bytes",
+        || home.ends("kodi") == ["sixteen bytes!!!"],
+        || sub.log(),
+    );
+    assert!(
+        sub.log().contains(
+            "hook kodi: message 1 skipped: its body has 17 bytes, over the hook's max_body 16"
+        ),
+        "{}",
+        sub.log()
+    );
+    let huge = "x".repeat(70_000 + 64 * 1024 + 1);
+    assert_eq!(relay.publish("big", &huge), 204);
+    sub.wait_log("raise max_body of the relay hooks here to take it", 1);
+    assert!(home.f.read("big.out").is_empty());
+    sub.stop();
+}
+
+#[test]
 fn a_subscriber_killed_mid_run_runs_the_message_again_only_as_the_journal_says() {
     let relay = RealRelay::start("sub-kill-relay", &["kodi"], "", None);
     let home = Home::new("sub-kill", &relay.token("/sub/hooks/"));
