@@ -323,16 +323,89 @@ impl Resume {
                 return resume;
             }
         };
-        for relay in entries.iter().filter_map(|e| e.relay.as_deref()) {
-            let mut words = relay.split(' ');
-            let (Some(epoch), Some(hook), Some(Ok(seq))) =
-                (words.next(), words.next(), words.next().map(str::parse))
-            else {
-                continue;
-            };
+        for (epoch, hook, seq) in entries
+            .iter()
+            .filter_map(|e| e.relay.as_deref().and_then(parse_relay))
+        {
             resume.take(epoch, hook, seq);
         }
         resume
+    }
+
+    /// The resume point: the saved file (see [`Resume::save`]) brought up
+    /// to date by the journal. The file is written after every message
+    /// taken, so only an entry the journal got just before a crash can be
+    /// newer: one of the file's epoch counts by its seq, one of another
+    /// epoch only if it was received after the file was written. Without
+    /// the file, a journal whose size cap pruned a hook's entries would
+    /// lose that hook's resume point and run the relay's stored messages
+    /// again.
+    fn load(file: &Path, journal: &Journal) -> Resume {
+        let Some((mut resume, written_ms)) = Resume::read(file) else {
+            return Resume::from_journal(journal);
+        };
+        match journal.entries() {
+            Ok((entries, _)) => {
+                for entry in &entries {
+                    let Some((epoch, hook, seq)) = entry.relay.as_deref().and_then(parse_relay)
+                    else {
+                        continue;
+                    };
+                    if resume.epoch.as_deref() == Some(epoch) || entry.received_ms >= written_ms {
+                        resume.take(epoch, hook, seq);
+                    }
+                }
+            }
+            Err(e) => warning!("unable to read the delivery journal for the resume point: {e}"),
+        }
+        resume
+    }
+
+    /// The saved resume point and when it was written (ms since 1970):
+    /// `written MS` then the `Sockhook-Resume` value, a line each.
+    fn read(file: &Path) -> Option<(Resume, u64)> {
+        let text = match fs::read_to_string(file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                warning!(
+                    "unable to read the resume point {}: {e}; using the journal's",
+                    file.display()
+                );
+                return None;
+            }
+        };
+        let mut lines = text.lines();
+        let written = lines.next()?.strip_prefix("written ")?.parse().ok()?;
+        let mut words = lines.next()?.split(' ');
+        let epoch = words.next()?;
+        let mut resume = Resume::default();
+        resume.epoch = Some(epoch.to_owned());
+        for word in words {
+            let (hook, seq) = word.split_once('=')?;
+            resume.take(epoch, hook, seq.parse().ok()?);
+        }
+        Some((resume, written))
+    }
+
+    /// Writes the resume point to `file`, synced, by a rename so that a
+    /// crash leaves the old or the new one.
+    fn save(&self, file: &Path) -> io::Result<()> {
+        let Some(value) = self.header() else {
+            return Ok(());
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let tmp = file.with_extension("tmp");
+        let mut out = fs::File::create(&tmp)?;
+        out.write_all(format!("written {now}\n{value}\n").as_bytes())?;
+        out.sync_data()?;
+        fs::rename(&tmp, file)?;
+        if let Some(dir) = file.parent() {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     /// Counts message `seq` of `hook` in store `epoch` as taken.
@@ -354,6 +427,15 @@ impl Resume {
         Some(value)
     }
 }
+
+/// A journal entry's `relay EPOCH HOOK SEQ` value, split.
+fn parse_relay(relay: &str) -> Option<(&str, &str, u64)> {
+    let mut words = relay.split(' ');
+    Some((words.next()?, words.next()?, words.next()?.parse().ok()?))
+}
+
+/// The file that keeps the resume point, in the state directory.
+pub const RESUME_FILE: &str = "relay-resume";
 
 /// What `systemctl status` shows: the connection and the last run.
 #[derive(Default)]
@@ -425,6 +507,8 @@ struct Subscriber {
     journal: Option<Journal>,
     runner: Runner,
     resume: Resume,
+    /// Where the resume point is saved after each message taken.
+    resume_file: Option<PathBuf>,
     status: Arc<Status>,
     signals: SignalFd,
     stopping: bool,
@@ -476,10 +560,15 @@ pub fn subscribe(options: &Options) -> Result<u8, Error> {
         Cgroups::detect(),
         journal.as_ref().map(Journal::locks),
     );
-    let resume = journal
+    let resume_file = journal
         .as_ref()
-        .map(Resume::from_journal)
-        .unwrap_or_default();
+        .and_then(|_| Journal::state_dir(options.state.as_deref()))
+        .map(|state| state.join(RESUME_FILE));
+    let resume = match (&journal, &resume_file) {
+        (Some(journal), Some(file)) => Resume::load(file, journal),
+        (Some(journal), None) => Resume::from_journal(journal),
+        _ => Resume::default(),
+    };
     if let Some(journal) = &journal {
         journal::resume(journal, &hooks, &runner);
     }
@@ -500,6 +589,7 @@ pub fn subscribe(options: &Options) -> Result<u8, Error> {
         journal,
         runner,
         resume,
+        resume_file,
         status: Arc::default(),
         signals,
         stopping: false,
@@ -851,7 +941,7 @@ impl Subscriber {
             Ok(found) => found,
             Err(why) => {
                 warning!("hook {hook}: message {seq} skipped: {why}; its seq still advances");
-                self.resume.take(epoch, hook, *seq);
+                self.taken(epoch, hook, *seq);
                 return Ok(());
             }
         };
@@ -864,7 +954,7 @@ impl Subscriber {
                     warning!(
                         "hook {hook}: message {seq} skipped: cannot set the hook's [env]: {why}; its seq still advances"
                     );
-                    self.resume.take(epoch, hook, *seq);
+                    self.taken(epoch, hook, *seq);
                     return Ok(());
                 }
             },
@@ -903,9 +993,22 @@ impl Subscriber {
             coalesced: false,
         }));
         info!("hook {hook}: message {seq} taken");
-        self.resume.take(epoch, hook, *seq);
+        self.taken(epoch, hook, *seq);
         self.runner.trigger(job);
         Ok(())
+    }
+}
+
+impl Subscriber {
+    /// Counts a message as taken and saves the resume point; a save that
+    /// fails is logged (the journal still holds the point until pruned).
+    fn taken(&mut self, epoch: &str, hook: &str, seq: u64) {
+        self.resume.take(epoch, hook, seq);
+        if let Some(file) = &self.resume_file
+            && let Err(e) = self.resume.save(file)
+        {
+            warning!("unable to save the resume point in {}: {e}", file.display());
+        }
     }
 }
 

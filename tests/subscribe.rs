@@ -612,6 +612,54 @@ fn a_stopped_subscriber_gets_what_was_published_meanwhile_in_order_once() {
 }
 
 #[test]
+fn a_journal_pruned_of_every_relay_entry_still_resumes_where_it_stopped() {
+    // The home journal keeps the newest 100 deliveries of every hook, serve's
+    // included: a busy hook there can prune all of a relay hook's entries.
+    // The saved resume point must keep the relay from sending them again.
+    let relay = RealRelay::start("sub-pruned-relay", &["kodi"], "", None);
+    let home = Home::new("sub-pruned", &relay.token("/sub/hooks/"));
+    home.hook("kodi", false);
+    let sub = home.subscribe(&relay.url("/sub/hooks/"), &[]);
+    sub.wait_log("connected to", 1);
+    for body in ["m1", "m2"] {
+        assert_eq!(relay.publish("kodi", body), 204);
+        wait_for(
+            "the run",
+            || home.ends("kodi").contains(&body.to_owned()),
+            || sub.log(),
+        );
+    }
+    wait_for(
+        "every outcome",
+        || !home.deliveries().contains("pending"),
+        || home.deliveries(),
+    );
+    let (code, log) = sub.stop();
+    assert_eq!(code, 0, "{log}");
+    let epoch = epoch(&home);
+    // Pruned, as --journal-keep or the size cap would.
+    for entry in fs::read_dir(home.state.join("deliveries")).unwrap() {
+        fs::remove_file(entry.unwrap().path()).unwrap();
+    }
+    assert_eq!(relay.publish("kodi", "m3"), 204);
+    let sub = home.subscribe(&relay.url("/sub/hooks/"), &[]);
+    wait_for(
+        "m3",
+        || home.ends("kodi").contains(&"m3".to_owned()),
+        || sub.log(),
+    );
+    assert!(
+        sub.log().contains(&format!("resuming from {epoch} kodi=2")),
+        "{}",
+        sub.log()
+    );
+    assert_eq!(home.relay_lines(), expected_lines(&epoch, "kodi", 3..=3));
+    let (code, log) = sub.stop();
+    assert_eq!(code, 0, "{log}");
+    assert_eq!(home.ends("kodi"), ["m1", "m2", "m3"], "{log}");
+}
+
+#[test]
 fn a_relay_killed_between_publishes_loses_nothing() {
     let mut relay = RealRelay::start("sub-relay-kill-relay", &["kodi"], "", None);
     let home = Home::new("sub-relay-kill", &relay.token("/sub/hooks/"));
