@@ -283,11 +283,6 @@ fn environment_is_exactly_the_allowlist() {
         &format!("command = [\"/usr/bin/env\"]\nauth = \"github\"\nsecret = {secret:?}\n"),
     );
     let server = f.serve_with_env(&[], &[("SECRET_CANARY", "x")]);
-    let environ = fs::read(format!("/proc/{}/environ", server.pid())).unwrap();
-    assert!(
-        environ.split(|&b| b == 0).any(|v| v == b"SECRET_CANARY=x"),
-        "the canary is not in the server's environment"
-    );
     let body = br#"{"ref":"refs/heads/main"}"#;
     let signature = github_signature(b"it's a secret", body);
     let reply = server.post(
@@ -302,6 +297,13 @@ fn environment_is_exactly_the_allowlist() {
     );
     assert_eq!(reply.status(), 204, "{reply:?}\n{}", server.log());
     server.wait_log("exited 0", 1);
+    // Read only now that the server has answered: right after the spawn the
+    // launcher may still be exec'ing sockhook, and its environ is then empty.
+    let environ = fs::read(format!("/proc/{}/environ", server.pid())).unwrap();
+    assert!(
+        environ.split(|&b| b == 0).any(|v| v == b"SECRET_CANARY=x"),
+        "the canary is not in the server's environment"
+    );
     let log = server.log();
     let mut env: Vec<(String, String)> = output_lines(&log, "envgh")
         .iter()
