@@ -379,8 +379,10 @@ impl Resume {
         let written = lines.next()?.strip_prefix("written ")?.parse().ok()?;
         let mut words = lines.next()?.split(' ');
         let epoch = words.next()?;
-        let mut resume = Resume::default();
-        resume.epoch = Some(epoch.to_owned());
+        let mut resume = Resume {
+            epoch: Some(epoch.to_owned()),
+            ..Resume::default()
+        };
         for word in words {
             let (hook, seq) = word.split_once('=')?;
             resume.take(epoch, hook, seq.parse().ok()?);
