@@ -94,7 +94,7 @@ pub struct Journal {
     index: Arc<Mutex<Option<Index>>>,
     /// Syncs of the directory, shared by the deliveries that wait for one.
     dir_sync: DirSync,
-    /// Empty files, recycled from removed entries, for the next entries.
+    /// Empty files for the next entries.
     spares: Spares,
 }
 
@@ -870,7 +870,8 @@ impl Journal {
         let mine = self
             .deliveries
             .join(format!("{}.{rest}", std::process::id()));
-        if spares.len() >= MAX_SPARES {
+        // A rename replaces: never a spare already there.
+        if spares.len() >= MAX_SPARES || mine.symlink_metadata().is_ok() {
             let _ = fs::remove_file(spare);
             return;
         }
