@@ -9,6 +9,8 @@
 //! deliveries/ID_HOOK.entry    the delivery: a text head, a blank line, the body
 //! deliveries/ID_HOOK.outcome  one line: how the run that covered it ended
 //! deliveries/ID_HOOK.tmp      an entry being written, or torn by a crash
+//! deliveries/PID.NAME.spare   an empty file for a next entry (see [`Spares`]),
+//!                             or one being written, or torn by a crash
 //! locks/HOOK.lock             held during each run of HOOK, by serve and replay
 //! ```
 //!
@@ -36,7 +38,8 @@
 //!
 //! An entry becomes visible by a rename after its data is synced, and the
 //! directory is synced after the rename, so a crash leaves either a whole
-//! entry or a `.tmp` file, which the next look skips with one log line. An
+//! entry or a `.tmp` file, which the next look skips with one log line, or a
+//! spare file, which the next activation empties and reuses. An
 //! entry without an outcome is pending; the process that wrote it holds an
 //! `flock` on it until the outcome is written, so a pending entry whose lock
 //! can be taken belongs to a process that is gone.
@@ -91,7 +94,23 @@ pub struct Journal {
     index: Arc<Mutex<Option<Index>>>,
     /// Syncs of the directory, shared by the deliveries that wait for one.
     dir_sync: DirSync,
+    /// Empty files for the next entries.
+    spares: Spares,
 }
+
+/// Empty files, named `PID.NAME.spare`, that the next deliveries write their
+/// entries into: an entry written into a file that exists costs its sync far
+/// less than one written into a new file (on ext4, creating a file makes the
+/// journal commit that the entry's `fdatasync` waits for several times
+/// longer: `bench/sync-strategies.py`). They are the files of removed
+/// entries, emptied, and files made after a run (off every answer's path)
+/// while there are fewer than [`MAX_SPARES`]; they outlive the activation,
+/// and the next one takes over those of processes that are gone. Listings
+/// skip them.
+type Spares = Arc<Mutex<Vec<PathBuf>>>;
+
+/// Most spare files a process keeps; past them, removed entries are unlinked.
+const MAX_SPARES: usize = 128;
 
 /// The entries on disk as this process knows them: listed once, then kept
 /// up to date by its own writes, outcomes and removals, so that a delivery
@@ -181,6 +200,11 @@ impl Drop for Journal {
     }
 }
 
+/// A lock on the spare files; a poisoned one is still the list.
+fn lock_spares(spares: &Spares) -> MutexGuard<'_, Vec<PathBuf>> {
+    spares.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A journaled delivery, as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -229,6 +253,8 @@ pub struct Pending {
     deliveries: PathBuf,
     /// The index to tell that it has an outcome.
     index: Arc<Mutex<Option<Index>>>,
+    /// Where the entries it removes go.
+    spares: Spares,
     _lock: Flock<File>,
 }
 
@@ -247,7 +273,7 @@ impl Pending {
             .map(|index| std::mem::take(&mut index.removable))
             .unwrap_or_default();
         for name in removable {
-            remove_entry(&self.deliveries, &name);
+            remove_entry(&self.deliveries, &name, &self.spares);
         }
         let path = self.deliveries.join(format!("{}.outcome", self.name));
         let tmp = self.deliveries.join(format!("{}.outcome.tmp", self.name));
@@ -259,6 +285,19 @@ impl Pending {
                 self.id
             );
             return;
+        }
+        if lock_spares(&self.spares).len() < MAX_SPARES {
+            let spare =
+                self.deliveries
+                    .join(format!("{}.{}.made.spare", std::process::id(), self.name));
+            let made = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&spare);
+            if made.is_ok() {
+                lock_spares(&self.spares).push(spare);
+            }
         }
         if let Some(index) = lock_index(&self.index).as_mut()
             && let Some(file) = index.files.get_mut(&sort_key(&self.name))
@@ -279,6 +318,7 @@ impl Journal {
             sequence: AtomicU64::new(0),
             index: Arc::default(),
             dir_sync: DirSync::default(),
+            spares: Spares::default(),
         }
     }
 
@@ -355,15 +395,27 @@ impl Journal {
         head.push_str(&format!("body {body_len}\n\n"));
         let size = head.len() as u64 + body_len;
         self.make_room(&name, hook, size)?;
-        let tmp = self.deliveries.join(format!("{name}.tmp"));
         let path = self.deliveries.join(format!("{name}.entry"));
-        let stored = self
-            .write_entry(&tmp, head.as_bytes(), job)
-            .and_then(|lock| {
-                fs::rename(&tmp, &path)?;
-                self.dir_sync.after_rename(&self.deliveries)?;
-                Ok(lock)
-            });
+        let spare = lock_spares(&self.spares).pop();
+        let (tmp, stored) = match spare
+            .map(|spare| (self.write_entry(&spare, false, head.as_bytes(), job), spare))
+        {
+            Some((Ok(lock), spare)) => (spare, Ok(lock)),
+            other => {
+                // A spare that cannot be written into is dropped.
+                if let Some((_, spare)) = other {
+                    let _ = fs::remove_file(spare);
+                }
+                let tmp = self.deliveries.join(format!("{name}.tmp"));
+                let written = self.write_entry(&tmp, true, head.as_bytes(), job);
+                (tmp, written)
+            }
+        };
+        let stored = stored.and_then(|lock| {
+            fs::rename(&tmp, &path)?;
+            self.dir_sync.after_rename(&self.deliveries)?;
+            Ok(lock)
+        });
         let lock = match stored {
             Ok(lock) => lock,
             Err(e) => {
@@ -382,14 +434,22 @@ impl Journal {
             name,
             deliveries: self.deliveries.clone(),
             index: Arc::clone(&self.index),
+            spares: Arc::clone(&self.spares),
             _lock: lock,
         })
     }
 
-    fn write_entry(&self, tmp: &Path, head: &[u8], job: &Job) -> io::Result<Flock<File>> {
+    /// Writes the entry into `tmp`: a new file, or an empty spare.
+    fn write_entry(
+        &self,
+        tmp: &Path,
+        new: bool,
+        head: &[u8],
+        job: &Job,
+    ) -> io::Result<Flock<File>> {
         let file = OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create_new(new)
             .mode(0o600)
             .open(tmp)?;
         let mut file = Flock::lock(file, FlockArg::LockExclusiveNonblock)
@@ -474,7 +534,7 @@ impl Journal {
         }
         for key in for_room {
             if let Some(file) = index.files.remove(&key) {
-                remove_entry(&self.deliveries, &file.name);
+                remove_entry(&self.deliveries, &file.name, &self.spares);
             }
         }
         total.saturating_add(size)
@@ -483,7 +543,7 @@ impl Journal {
     /// Removes now the entries left for after an answer.
     fn remove_removable(&self, index: &mut Index) {
         for name in std::mem::take(&mut index.removable) {
-            remove_entry(&self.deliveries, &name);
+            remove_entry(&self.deliveries, &name, &self.spares);
         }
     }
 
@@ -505,12 +565,14 @@ impl Journal {
     }
 
     /// One look at the directory: every entry file, oldest first, with its
-    /// size and whether it has an outcome; and every entry being written
-    /// (`.tmp`), which may be torn.
-    fn listing(&self) -> io::Result<(Vec<EntryFile>, Vec<PathBuf>)> {
+    /// size and whether it has an outcome; every entry being written
+    /// (`.tmp`), which may be torn; and the spare files of processes that
+    /// are gone.
+    fn listing(&self) -> io::Result<(Vec<EntryFile>, Vec<PathBuf>, Vec<PathBuf>)> {
         let mut entries = BTreeMap::new();
         let mut outcomes = Vec::new();
         let mut written = Vec::new();
+        let mut stale = Vec::new();
         for dirent in fs::read_dir(&self.deliveries)? {
             let dirent = dirent?;
             let file_name = dirent.file_name();
@@ -519,6 +581,10 @@ impl Journal {
             };
             if file_name.ends_with(".tmp") && !file_name.ends_with(".outcome.tmp") {
                 written.push(dirent.path());
+            } else if file_name.ends_with(".spare") {
+                if stale_spare(file_name) {
+                    stale.push(dirent.path());
+                }
             } else if let Some(name) = file_name.strip_suffix(".entry") {
                 let Some((_, hook)) = name.split_once('_') else {
                     continue;
@@ -534,13 +600,13 @@ impl Journal {
                 entry.finished = true;
             }
         }
-        Ok((entries.into_values().collect(), written))
+        Ok((entries.into_values().collect(), written, stale))
     }
 
     /// Every entry that can be read, oldest first, and one line for each
     /// that cannot (torn or corrupt), which is skipped.
     pub fn entries(&self) -> io::Result<(Vec<Entry>, Vec<String>)> {
-        let (files, written) = self.listing()?;
+        let (files, written, _) = self.listing()?;
         self.read_all(files, &torn(written))
     }
 
@@ -732,7 +798,12 @@ impl Journal {
         // One listing: it also fills the index the first delivery needs and
         // finds the torn entries, and only the pending entries are read.
         let mut torn_files = Vec::new();
-        let listed = self.listing().map(|(files, written)| {
+        let listed = self.listing().map(|(files, written, stale)| {
+            // Empty, or an entry never answered (nothing is lost with it):
+            // taken over, emptied, or removed.
+            for spare in stale {
+                self.take_over(&spare);
+            }
             let mut index = lock_index(&self.index);
             if index.is_none() {
                 *index = Some(Index {
@@ -783,11 +854,35 @@ impl Journal {
                 name,
                 deliveries: self.deliveries.clone(),
                 index: Arc::clone(&self.index),
+                spares: Arc::clone(&self.spares),
                 _lock: lock,
             };
             taken.push((entry, pending));
         }
         taken
+    }
+
+    /// Makes `spare`, left by a process that is gone, one of this process's.
+    fn take_over(&self, spare: &Path) {
+        let mut spares = lock_spares(&self.spares);
+        let name = spare.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let rest = name.split_once('.').map_or(name, |(_, rest)| rest);
+        let mine = self
+            .deliveries
+            .join(format!("{}.{rest}", std::process::id()));
+        // A rename replaces: never a spare already there.
+        if spares.len() >= MAX_SPARES || mine.symlink_metadata().is_ok() {
+            let _ = fs::remove_file(spare);
+            return;
+        }
+        // The rename claims it: of two activations, one gets it.
+        let emptied = fs::rename(spare, &mine)
+            .and_then(|()| OpenOptions::new().write(true).open(&mine))
+            .and_then(|file| file.set_len(0));
+        match emptied {
+            Ok(()) => spares.push(mine),
+            Err(_) => drop(fs::remove_file(&mine)),
+        }
     }
 
     /// Where the locks are, for the runner.
@@ -809,10 +904,44 @@ fn torn(written: Vec<PathBuf>) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Removes entry `name` and its outcome.
-fn remove_entry(deliveries: &Path, name: &str) {
-    let _ = fs::remove_file(deliveries.join(format!("{name}.entry")));
+/// Removes entry `name` and its outcome; its file becomes a spare, emptied,
+/// while there are fewer than [`MAX_SPARES`].
+fn remove_entry(deliveries: &Path, name: &str, spares: &Spares) {
+    let entry = deliveries.join(format!("{name}.entry"));
+    let recycled = lock_spares(spares).len() < MAX_SPARES && {
+        let spare = deliveries.join(format!("{}.{name}.spare", std::process::id()));
+        // A rename replaces: never a spare already there.
+        let emptied = match spare.symlink_metadata() {
+            Ok(_) => Err(io::ErrorKind::AlreadyExists.into()),
+            Err(_) => fs::rename(&entry, &spare),
+        }
+        .and_then(|()| OpenOptions::new().write(true).open(&spare))
+        .and_then(|file| file.set_len(0));
+        match &emptied {
+            Ok(()) => lock_spares(spares).push(spare),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(_) => drop(fs::remove_file(&spare)),
+        }
+        emptied.is_ok()
+    };
+    if !recycled {
+        let _ = fs::remove_file(entry);
+    }
     let _ = fs::remove_file(deliveries.join(format!("{name}.outcome")));
+}
+
+/// Whether spare file `file_name` (`PID.NAME.spare`) is left by a process
+/// that is gone.
+fn stale_spare(file_name: &str) -> bool {
+    let pid = file_name
+        .split('.')
+        .next()
+        .and_then(|p| p.parse::<i32>().ok());
+    pid.is_none_or(|pid| {
+        pid != std::process::id() as i32
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None)
+                == Err(nix::errno::Errno::ESRCH)
+    })
 }
 
 /// Runs again, oldest first and coalesced as usual, each pending delivery

@@ -686,3 +686,63 @@ fn no_secret_or_signature_is_journaled() {
         "{shown}"
     );
 }
+
+#[test]
+fn entries_are_written_into_spare_files_and_a_dead_activations_spares_are_taken_over() {
+    let j = Journaled::new("journal-spare");
+    let auth = j.hook("rec", false, "");
+    let server = j.serve(&["--journal-keep", "2"]);
+    let pid = server.pid();
+    for i in 0..5 {
+        let body = format!("b{i}");
+        assert_eq!(
+            server
+                .post("/hooks/rec", &[&auth], body.as_bytes())
+                .status(),
+            204
+        );
+        j.wait_order("rec", 2 * (i + 1));
+        server.wait_log("exited 0", i + 1);
+        j.wait_files((i + 1).min(2), (i + 1).min(2));
+    }
+    // After a run, an empty file is made for the next delivery; a removed
+    // entry's file becomes one too.
+    let spares = j.files(".spare");
+    assert!(!spares.is_empty(), "{:?}", j.files(""));
+    let bodies = |j: &Journaled| -> Vec<Vec<u8>> {
+        j.ids()
+            .iter()
+            .map(|id| j.sockhook(&["deliveries", "show", id, "--body"]).stdout)
+            .collect()
+    };
+    assert_eq!(bodies(&j), [b"b4".to_vec(), b"b3".to_vec()]);
+    for spare in &spares {
+        assert_eq!(fs::metadata(spare).unwrap().len(), 0, "{spare:?}");
+    }
+
+    // Killed while an entry is being written into a spare: what it holds
+    // was never answered.
+    kill_all(server);
+    fs::write(&spares[0], "sockhook-delivery 1\nid torn").unwrap();
+    let server = j.serve(&["--journal-keep", "2"]);
+    assert_eq!(server.post("/hooks/rec", &[&auth], b"b5").status(), 204);
+    j.wait_order("rec", 12);
+    server.wait_log("exited 0", 1);
+    j.wait_files(2, 2);
+    let left = j.files(".spare");
+    let dead = format!("{pid}.");
+    assert!(
+        left.iter()
+            .all(|p| !p.file_name().unwrap().to_string_lossy().starts_with(&dead)),
+        "the dead activation's spares are taken over: {left:?}"
+    );
+    for spare in &left {
+        assert_eq!(fs::metadata(spare).unwrap().len(), 0, "{spare:?}");
+    }
+    assert_eq!(bodies(&j), [b"b5".to_vec(), b"b4".to_vec()]);
+    let listed = j.list(&[]);
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    assert!(!server.log().contains("skipped"), "{}", server.log());
+    let (status, log) = server.stop();
+    assert!(status.success(), "{log}");
+}
