@@ -302,8 +302,9 @@ fn open_relay(options: &Options, config: &Config) -> Option<relay::Store> {
 /// Blocks SIGTERM and SIGINT in every thread and returns an fd that reports them.
 ///
 /// Must run before any thread starts, so that all inherit the mask; commands
-/// get an empty mask back (`act::unblock_signals_on_exec`).
-fn stop_signals() -> Result<SignalFd, Error> {
+/// get an empty mask back (`act::unblock_signals_on_exec`). `serve` and
+/// `subscribe` both stop on these.
+pub(crate) fn stop_signals() -> Result<SignalFd, Error> {
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGTERM);
     mask.add(Signal::SIGINT);

@@ -14,8 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signalfd::SignalFd;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
@@ -537,7 +536,7 @@ pub fn subscribe(options: &Options) -> Result<u8, Error> {
             message: format!("cannot read the hooks directory: {e}; create it or pass --hooks DIR"),
         }));
     }
-    let signals = stop_signals()?;
+    let signals = crate::serve::stop_signals()?;
     let credentials = std::env::var_os(CREDENTIALS_DIRECTORY).map(PathBuf::from);
     let hooks = config::load(&options.hooks_dir, credentials.as_deref());
     for problem in hooks.problems() {
@@ -1052,18 +1051,6 @@ fn open_journal(state: Option<&Path>) -> Option<Journal> {
         );
     }
     Some(journal)
-}
-
-/// Blocks SIGTERM and SIGINT in every thread and returns an fd that reports
-/// them; before any thread starts, so that all inherit the mask.
-fn stop_signals() -> Result<SignalFd, Error> {
-    let mut mask = SigSet::empty();
-    mask.add(Signal::SIGTERM);
-    mask.add(Signal::SIGINT);
-    mask.thread_block()
-        .map_err(|e| Error::system("block SIGTERM", e.into()))?;
-    SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(|e| Error::system("create a signalfd", e.into()))
 }
 
 #[cfg(test)]
