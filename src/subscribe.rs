@@ -33,15 +33,10 @@ use crate::error::{EXIT_OK, Error};
 use crate::idle::Activity;
 use crate::journal::{self, Journal, Recorder};
 use crate::read::{Framing, Spool};
+use crate::relay::{ENVELOPE_MAGIC, RESUME_HEADER, SUBPROTOCOL};
 use crate::scheme::Scheme;
 use crate::{error, info, warning};
 
-/// The websocket subprotocol of the envelope.
-pub const SUBPROTOCOL: &str = "sockhook.relay.1";
-/// The first line of every envelope.
-const ENVELOPE_MAGIC: &[u8] = b"sockhook-relay 1";
-/// The request header that says where to resume.
-const RESUME_HEADER: &str = "Sockhook-Resume";
 /// Time between pings unless `--ping-interval` says otherwise.
 pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 /// Time a ping has for an answer unless `--ping-timeout` says otherwise.
@@ -276,10 +271,10 @@ struct Envelope {
 
 /// An envelope's head and its body; `Err` says why it is not one.
 fn parse_envelope(data: &[u8]) -> Result<(Envelope, &[u8]), String> {
-    let mut lines = data.splitn(3, |&b| b == b'\n');
-    if lines.next() != Some(ENVELOPE_MAGIC) {
-        return Err("it does not start with \"sockhook-relay 1\"".into());
-    }
+    let rest = data
+        .strip_prefix(ENVELOPE_MAGIC.as_bytes())
+        .ok_or("it does not start with \"sockhook-relay 1\"")?;
+    let mut lines = rest.splitn(2, |&b| b == b'\n');
     let head = lines.next().ok_or("no head line")?;
     let body = lines.next().ok_or("no body after the head line")?;
     let envelope: Envelope =
