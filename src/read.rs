@@ -9,7 +9,7 @@ use std::num::NonZeroUsize;
 use std::ops::Deref;
 use std::os::unix::fs::FileExt;
 use std::ptr::NonNull;
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -609,8 +609,6 @@ const PARALLEL_SPOOL_QUEUE: usize = 1;
 /// The thread that writes pieces of a large body at their offsets.
 struct Writer {
     pieces: SyncSender<(u64, Vec<u8>)>,
-    /// Buffers the thread has written, for the next pieces.
-    spare: Receiver<Vec<u8>>,
     /// The thread's verdict: the first write that failed, if one did.
     done: JoinHandle<io::Result<()>>,
 }
@@ -619,22 +617,16 @@ impl Writer {
     fn start(file: &File) -> io::Result<Writer> {
         let file = file.try_clone()?;
         let (pieces, queue) = mpsc::sync_channel::<(u64, Vec<u8>)>(PARALLEL_SPOOL_QUEUE);
-        let (give_back, spare) = mpsc::channel();
         let done = thread::Builder::new()
             .name("spool".into())
             .stack_size(WRITER_STACK_BYTES)
             .spawn(move || {
                 for (offset, piece) in queue {
                     file.write_all_at(&piece, offset)?;
-                    let _ = give_back.send(piece);
                 }
                 Ok(())
             })?;
-        Ok(Writer {
-            pieces,
-            spare,
-            done,
-        })
+        Ok(Writer { pieces, done })
     }
 }
 
@@ -683,10 +675,7 @@ impl Spool {
             // Every write so far went through the file's position.
             return file.write_all(piece).map_err(failed);
         };
-        let mut buffer = writer.spare.try_recv().unwrap_or_default();
-        buffer.clear();
-        buffer.extend_from_slice(piece);
-        match writer.pieces.try_send((offset, buffer)) {
+        match writer.pieces.try_send((offset, piece.to_vec())) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => file.write_all_at(piece, offset).map_err(failed),
             // The thread stopped at a failed write; `finish` reports it.
