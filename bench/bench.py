@@ -1394,6 +1394,13 @@ LINESTYLES = {FLOOR_COLD: "--", FLOOR_WARM: "--", COLD_TLS: ":", WARM_TLS: ":", 
               COLD_JOURNAL: "-.", WARM_JOURNAL: "-.", WARM_JOURNAL_TMPFS: "-.", WARM_FILTERED: ":"}
 
 
+def responder_ticks(ax, names: list[str]) -> None:
+    """One tick per responder; past six of them, upright and smaller, so that they do not overlap."""
+    crowded = len(names) > 6
+    ax.set_xticks(range(len(names)), [n if crowded else tick_label(n) for n in names],
+                  rotation=90 if crowded else 0, fontsize=7 if crowded else None)
+
+
 def tick_label(responder: str) -> str:
     """A responder's name on two lines, to fit six of them under one chart."""
     return responder.replace(" ", "\n", 1).replace("/", "/\n", 1)
@@ -1419,7 +1426,7 @@ def failure_classes_chart(ax, results: dict, present: list[str]) -> None:
         failed = sum(sum(c["failures"].values()) for c in results[r].values())
         ax.annotate(f"{failed}/{sent[i]}", (i, bottoms[i]), ha="center", va="bottom", fontsize=10,
                     xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(range(len(present)), [tick_label(n) for n in present])
+    responder_ticks(ax, present)
     ax.set_title("Client-visible failures, all cases")
     ax.set_ylabel("% of requests sent")
     ax.set_xlim(-0.6, len(present) - 0.4)
@@ -1445,7 +1452,7 @@ def idle_memory_chart(ax, report: dict, present: list[str]) -> None:
         for rect, value in zip(drawn, values):
             ax.annotate("none" if value == 0 else f"{value:.1f}", (rect.get_x() + rect.get_width() / 2, value),
                         ha="center", va="bottom", fontsize=9, xytext=(0, 2), textcoords="offset points")
-    ax.set_xticks(range(len(present)), [tick_label(n) for n in present])
+    responder_ticks(ax, present)
     ax.set_title("Memory while idle (none: no process at all)")
     ax.set_ylabel("MiB resident")
     ax.margins(y=0.15)
@@ -1549,7 +1556,7 @@ def draw_chart(report: dict, path: str) -> None:
         names = [r for r in present if values.get(r) is not None]
         heights = [values[r] for r in names]
         drawn = ax.bar(range(len(names)), heights, color=[COLOURS[r] for r in names])
-        ax.set_xticks(range(len(names)), [tick_label(n) for n in names])
+        responder_ticks(ax, names)
         for rect, r in zip(drawn, names):
             text = labels[r] if labels else f"{values[r]:.3g}"
             ax.annotate(text, (rect.get_x() + rect.get_width() / 2, rect.get_height()),
@@ -1605,12 +1612,15 @@ def goals_panel(ax, report: dict) -> None:
     if not checks:
         ax.text(0, 1, "sockhook not run", va="top")
         return
+    # two lines per goal while they fit at 7.5 points, else one line each, smaller
+    two_lines = len(checks) <= 12
     y = 1.0
-    step = min(0.075, 1.0 / (len(checks) + 1))
+    step = 1.0 / (len(checks) + 1)
     for issue, what, measured, ok in checks:
         short = what.split(":")[0] if len(what) > 60 else what
-        text = f"#{issue} {'pass' if ok else 'MISS'}  {short[:58]}\n        {measured[:64]}"
-        ax.text(0, y, text, va="top", fontsize=7.5, family="monospace",
+        verdict = f"#{issue} {'pass' if ok else 'MISS'}  {short[:58]}"
+        text = f"{verdict}\n        {measured[:64]}" if two_lines else f"{verdict}: {measured[:44]}"
+        ax.text(0, y, text, va="top", fontsize=7.5 if two_lines else 5.5, family="monospace",
                 color="#1b7837" if ok else "#b2182b", transform=ax.transAxes)
         y -= step
 
