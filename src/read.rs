@@ -9,6 +9,7 @@ use std::num::NonZeroUsize;
 use std::ops::Deref;
 use std::os::unix::fs::FileExt;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -606,6 +607,15 @@ pub const PARALLEL_SPOOL_BYTES: u64 = 128 * 1024;
 /// faster and cost 100-250 KiB more of peak RSS).
 const PARALLEL_SPOOL_QUEUE: usize = 1;
 
+/// Spool threads at most at once, over all bodies; a large body that finds
+/// them all busy is written in place. On a machine of a few cores more would
+/// not write faster, and the bound keeps clients that send many large bodies
+/// at once (authenticated or not) from holding the tasks that commands need:
+/// `TasksMax=` and `RLIMIT_NPROC` count threads too.
+pub const MAX_SPOOL_THREADS: usize = 4;
+/// Spool threads running now.
+static SPOOL_THREADS: AtomicUsize = AtomicUsize::new(0);
+
 /// The thread that writes pieces of a large body at their offsets.
 struct Writer {
     pieces: SyncSender<(u64, Vec<u8>)>,
@@ -614,19 +624,31 @@ struct Writer {
 }
 
 impl Writer {
-    fn start(file: &File) -> io::Result<Writer> {
-        let file = file.try_clone()?;
-        let (pieces, queue) = mpsc::sync_channel::<(u64, Vec<u8>)>(PARALLEL_SPOOL_QUEUE);
-        let done = thread::Builder::new()
-            .name("spool".into())
-            .stack_size(WRITER_STACK_BYTES)
-            .spawn(move || {
-                for (offset, piece) in queue {
-                    file.write_all_at(&piece, offset)?;
-                }
-                Ok(())
-            })?;
-        Ok(Writer { pieces, done })
+    /// A thread writing to `file`; `None` when [`MAX_SPOOL_THREADS`] run
+    /// already or none can be started.
+    fn start(file: &File) -> Option<Writer> {
+        let taken = SPOOL_THREADS.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < MAX_SPOOL_THREADS).then_some(n + 1)
+        });
+        taken.ok()?;
+        let started = file.try_clone().and_then(|file| {
+            let (pieces, queue) = mpsc::sync_channel::<(u64, Vec<u8>)>(PARALLEL_SPOOL_QUEUE);
+            let done = thread::Builder::new()
+                .name("spool".into())
+                .stack_size(WRITER_STACK_BYTES)
+                .spawn(move || {
+                    let written = queue
+                        .into_iter()
+                        .try_for_each(|(offset, piece)| file.write_all_at(&piece, offset));
+                    SPOOL_THREADS.fetch_sub(1, Ordering::AcqRel);
+                    written
+                })?;
+            Ok(Writer { pieces, done })
+        });
+        if started.is_err() {
+            SPOOL_THREADS.fetch_sub(1, Ordering::AcqRel);
+        }
+        started.ok()
     }
 }
 
@@ -668,8 +690,9 @@ impl Spool {
         };
         let failed = |e| Refusal::internal("spool the body", e);
         if self.writer.is_none() && self.len > PARALLEL_SPOOL_BYTES {
-            // Without a thread (none can be started), pieces are written here.
-            self.writer = Writer::start(file).ok();
+            // Without a thread (all busy, or none can be started), every
+            // piece is written here.
+            self.writer = Writer::start(file);
         }
         let Some(writer) = &self.writer else {
             // Every write so far went through the file's position.
@@ -996,31 +1019,23 @@ mod tests {
         assert_eq!(head.framing, Framing::Empty);
     }
 
-    /// A body past [`PARALLEL_SPOOL_BYTES`], in pieces of every size from 1
-    /// byte to 64 KiB fed faster than one thread writes them (some wait in
-    /// its queue, others find it full and are written in place: writing
-    /// those at a wrong offset fails this test), comes out whole and in
-    /// order, at its length, and sealed.
-    #[test]
-    fn a_large_body_spooled_in_parallel_comes_out_whole() {
-        let len = 3 * 1024 * 1024 + 12_345;
-        let body: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4099) as u8).collect();
-        let mut spool = Spool::new(Framing::Length(len as u64)).unwrap();
+    /// Feeds `body` to `spool` in pieces of every size from 1 byte to 64 KiB.
+    fn feed(spool: &mut Spool, body: &[u8]) {
         let (mut at, mut size) = (0, 1);
-        while at < len {
-            let end = (at + size).min(len);
+        while at < body.len() {
+            let end = (at + size).min(body.len());
             spool.write(&body[at..end]).unwrap();
             at = end;
             size = size * 3 % (64 * 1024) + 1;
         }
-        assert!(
-            spool.writer.is_some(),
-            "a body this large gets a spool thread"
-        );
+    }
+
+    /// The body, as the command and a filter get it, is `expected`, and sealed.
+    fn assert_whole(spool: Spool, expected: &[u8]) {
         let spooled = spool.finish().unwrap();
-        assert_eq!(spooled.len(), len as u64);
+        assert_eq!(spooled.len(), expected.len() as u64);
         assert!(
-            *spooled.map().unwrap() == body[..],
+            *spooled.map().unwrap() == *expected,
             "the spooled bytes differ"
         );
         let mut stdin = Vec::new();
@@ -1030,9 +1045,51 @@ mod tests {
             .unwrap()
             .read_to_end(&mut stdin)
             .unwrap();
-        assert!(stdin == body, "the command's stdin differs");
+        assert!(stdin == expected, "the command's stdin differs");
         let file = spooled.reader().unwrap().unwrap();
         assert!(file.write_at(b"x", 0).is_err(), "the body is sealed");
+    }
+
+    /// A body past [`PARALLEL_SPOOL_BYTES`], fed faster than one thread
+    /// writes it (some pieces wait in its queue, others find it full and are
+    /// written in place: writing those at a wrong offset fails this test),
+    /// comes out whole and in order, at its length, and sealed. At most
+    /// [`MAX_SPOOL_THREADS`] bodies have a thread at once: the next is
+    /// written in place, as whole, and a thread is free again once a body
+    /// is finished. (One test: the threads are counted for the process.)
+    #[test]
+    fn large_bodies_spooled_in_parallel_come_out_whole_and_threads_are_bounded() {
+        let len = 3 * 1024 * 1024 + 12_345;
+        let body: Vec<u8> = (0..len).map(|i| (i * 7 + i / 4099) as u8).collect();
+        let mut spool = Spool::new(Framing::Length(len as u64)).unwrap();
+        feed(&mut spool, &body);
+        assert!(
+            spool.writer.is_some(),
+            "a body this large gets a spool thread"
+        );
+        assert_whole(spool, &body);
+
+        let head = PARALLEL_SPOOL_BYTES as usize + 1;
+        let mut spools: Vec<Spool> = (0..=MAX_SPOOL_THREADS)
+            .map(|_| {
+                let mut spool = Spool::new(Framing::Length(len as u64)).unwrap();
+                feed(&mut spool, &body[..head]);
+                spool
+            })
+            .collect();
+        let threads = spools.iter().filter(|s| s.writer.is_some()).count();
+        assert_eq!(threads, MAX_SPOOL_THREADS, "spool threads at once");
+        assert!(spools[MAX_SPOOL_THREADS].writer.is_none());
+        for spool in &mut spools {
+            feed(spool, &body[head..]);
+        }
+        for spool in spools {
+            assert_whole(spool, &body);
+        }
+        let mut again = Spool::new(Framing::Length(len as u64)).unwrap();
+        feed(&mut again, &body);
+        assert!(again.writer.is_some(), "the threads were given back");
+        assert_whole(again, &body);
     }
 
     /// A small body never starts a thread.
