@@ -23,11 +23,11 @@
 
 use std::fmt;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use crate::act::ENV_NAMES;
-use crate::filter::{MAX_KEY_BYTES, MAX_SEGMENTS, UTF8_BOM, scan};
+use crate::filter::{Key, MAX_KEY_BYTES, MAX_SEGMENTS, UTF8_BOM, scan};
 
 /// Most variables one `[env]` table may set.
 pub const MAX_VARS: usize = 16;
@@ -370,7 +370,9 @@ impl<'de> Visitor<'de> for Container<'_> {
 
     fn visit_map<A: MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
         let mut seen = 0u32;
-        while let Some(key) = map.next_key_seed(ChildKey(&self.tree.children))? {
+        while let Some(key) = map.next_key_seed(Key(|v: &str| {
+            self.tree.children.iter().position(|(key, _, _)| key == v)
+        }))? {
             let Some(at) = key else {
                 map.next_value::<IgnoredAny>()?;
                 continue;
@@ -409,29 +411,6 @@ impl<'de> Visitor<'de> for Container<'_> {
             index += 1;
         }
         Ok(())
-    }
-}
-
-/// An object key: the index of the child it names, if any.
-struct ChildKey<'a>(&'a [(String, Option<usize>, Tree)]);
-
-impl<'de> DeserializeSeed<'de> for ChildKey<'_> {
-    type Value = Option<usize>;
-
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<usize>, D::Error> {
-        deserializer.deserialize_str(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ChildKey<'_> {
-    type Value = Option<usize>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object key")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<usize>, E> {
-        Ok(self.0.iter().position(|(key, _, _)| key == v))
     }
 }
 

@@ -625,7 +625,9 @@ impl<'de> Visitor<'de> for Object<'_, '_> {
             return Err(de::Error::custom("a leaf is not an object"));
         };
         let mut seen = 0u32;
-        while let Some(key) = map.next_key_seed(Key(children))? {
+        while let Some(key) =
+            map.next_key_seed(Key(|v: &str| children.iter().position(|(key, _)| key == v)))?
+        {
             let Some(i) = key else {
                 map.next_value::<IgnoredAny>()?;
                 continue;
@@ -649,10 +651,11 @@ impl<'de> Visitor<'de> for Object<'_, '_> {
     }
 }
 
-/// An object key: the index of the child it names, if any.
-struct Key<'m>(&'m [(String, Node)]);
+/// An object key, read without a copy: the index of the child it names,
+/// if any, as `find` says (the filters' tree here, `[env]`'s in fields.rs).
+pub(crate) struct Key<F>(pub(crate) F);
 
-impl<'de> DeserializeSeed<'de> for Key<'_> {
+impl<'de, F: FnOnce(&str) -> Option<usize>> DeserializeSeed<'de> for Key<F> {
     type Value = Option<usize>;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<usize>, D::Error> {
@@ -660,7 +663,7 @@ impl<'de> DeserializeSeed<'de> for Key<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for Key<'_> {
+impl<'de, F: FnOnce(&str) -> Option<usize>> Visitor<'de> for Key<F> {
     type Value = Option<usize>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -668,7 +671,7 @@ impl<'de> Visitor<'de> for Key<'_> {
     }
 
     fn visit_str<E: de::Error>(self, v: &str) -> Result<Option<usize>, E> {
-        Ok(self.0.iter().position(|(key, _)| key == v))
+        Ok((self.0)(v))
     }
 }
 

@@ -8,7 +8,6 @@ mod support;
 
 use std::io::Write;
 use std::net::TcpListener;
-use std::process::Command;
 
 use support::harness::*;
 use support::net::{connect_from, loopback};
@@ -191,13 +190,7 @@ fn bad_blocks_are_configuration_errors_and_check_shows_the_list() {
     for (name, list, _) in bad {
         fx.token_hook(name, &recorder, &format!("allow_from = {list}\n"));
     }
-    let out = Command::new(BIN)
-        .args(["check", "--hooks"])
-        .arg(&fx.hooks)
-        .arg("--key")
-        .arg(&fx.key)
-        .output()
-        .unwrap();
+    let out = fx.check();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(

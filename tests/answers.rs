@@ -12,29 +12,10 @@ mod support;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use support::harness::*;
-
-/// The gate file of fixture `f`: gated scripts wait until it exists.
-fn gate(f: &Fixture) -> PathBuf {
-    f.dir.join("gate")
-}
-
-/// Shell lines that wait (bounded, 20 s) until the gate exists.
-fn wait_for_gate(f: &Fixture) -> String {
-    format!(
-        "i=0; while [ ! -e {} ] && [ $i -lt 2000 ]; do sleep 0.01; i=$((i+1)); done",
-        gate(f).display()
-    )
-}
-
-/// Opens the gate.
-fn open_gate(f: &Fixture) {
-    fs::write(gate(f), "").unwrap();
-}
 
 /// Sends a POST to `/hooks/NAME` on a connection of its own and returns the
 /// connection, its request written and the write side still open.
@@ -246,7 +227,7 @@ fn after_run_past_respond_timeout_is_202_and_the_run_completes() {
     let done = f.dir.join("done");
     let script = f.script(
         "slow.sh",
-        &format!("{}\necho finished > {}", wait_for_gate(&f), done.display()),
+        &format!("{}\necho finished > {}", f.gate_wait(), done.display()),
     );
     let auth = f.token_hook(
         "slow",
@@ -264,7 +245,7 @@ fn after_run_past_respond_timeout_is_202_and_the_run_completes() {
         "{reply:?}"
     );
     assert!(!done.exists(), "the run cannot end before the gate opens");
-    open_gate(&f);
+    f.open_gate();
     server.wait_log("exited 0", 1);
     assert_eq!(fs::read_to_string(&done).unwrap(), "finished\n");
     let (status, _) = server.stop();
@@ -277,7 +258,7 @@ fn after_run_a_client_that_goes_away_does_not_stop_the_run() {
     let done = f.dir.join("done");
     let script = f.script(
         "slow.sh",
-        &format!("{}\necho finished > {}", wait_for_gate(&f), done.display()),
+        &format!("{}\necho finished > {}", f.gate_wait(), done.display()),
     );
     let auth = f.token_hook("slow", &script, "respond = \"after-run\"\n");
     let server = f.serve_guarded(&[]);
@@ -285,7 +266,7 @@ fn after_run_a_client_that_goes_away_does_not_stop_the_run() {
     server.wait_log("run ", 1);
     server.wait_log("started", 1);
     drop(stream);
-    open_gate(&f);
+    f.open_gate();
     server.wait_log("exited 0", 1);
     assert_eq!(fs::read_to_string(&done).unwrap(), "finished\n");
     // The process is fine afterwards.
@@ -324,7 +305,7 @@ fn after_run_clients_during_a_run_get_the_result_of_the_follow_up_run() {
     let f = Fixture::new("after-run-five");
     let script = f.script(
         "gated.sh",
-        &format!("{}\necho \"pid $$ body $(cat)\"", wait_for_gate(&f)),
+        &format!("{}\necho \"pid $$ body $(cat)\"", f.gate_wait()),
     );
     let auth = f.token_hook("gated", &script, "respond = \"after-run\"\n");
     let server = f.serve_guarded(&[]);
@@ -341,7 +322,7 @@ fn after_run_clients_during_a_run_get_the_result_of_the_follow_up_run() {
             server.wait_log("queued run replaced by a newer request", i - 1);
         }
     }
-    open_gate(&f);
+    f.open_gate();
     let reply = read_all(&mut first);
     assert_eq!(reply.status(), 200, "{reply:?}");
     let first_pid = run_pid(&reply);
@@ -372,7 +353,7 @@ fn stream_sends_the_first_chunk_before_the_run_ends() {
         "deploy.sh",
         &format!(
             "echo 'step 1: pulling'\n{}\necho 'step 2: done'",
-            wait_for_gate(&f)
+            f.gate_wait()
         ),
     );
     let auth = f.token_hook("deploy", &script, "respond = \"stream\"\n");
@@ -394,7 +375,7 @@ fn stream_sends_the_first_chunk_before_the_run_ends() {
         "{head}"
     );
     assert!(!head.contains("step 2"), "{head}");
-    open_gate(&f);
+    f.open_gate();
     let rest = read_all(&mut stream);
     assert!(rest.error.is_none(), "{rest:?}");
     seen.extend_from_slice(&rest.bytes);

@@ -36,9 +36,7 @@ impl Journaled {
     fn hook(&self, name: &str, gated: bool, extra: &str) -> String {
         let d = self.f.dir.display();
         let wait = if gated {
-            format!(
-                "i=0; while [ ! -e {d}/gate ] && [ $i -lt 2000 ]; do sleep 0.01; i=$((i+1)); done\n"
-            )
+            self.f.gate_wait() + "\n"
         } else {
             String::new()
         };
@@ -104,10 +102,6 @@ impl Journaled {
             );
             std::thread::sleep(Duration::from_millis(10));
         }
-    }
-
-    fn open_gate(&self) {
-        fs::write(self.f.dir.join("gate"), "").unwrap();
     }
 
     fn serve(&self, args: &[&str]) -> Served {
@@ -286,7 +280,7 @@ fn deliveries_whose_run_never_finished_run_at_the_next_activation() {
         "{pending:?}"
     );
 
-    j.open_gate();
+    j.f.open_gate();
     let server = j.serve(&[]);
     server.wait_log("running it now", 2);
     j.wait_order("job", 5);
@@ -340,7 +334,7 @@ fn a_full_journal_answers_503_and_runs_nothing() {
     assert_eq!(reply.header("retry-after").as_deref(), Some("5"));
     assert!(reply.body().contains("could not be stored"), "{reply:?}");
     server.wait_log("unable to journal the delivery: the journal is full", 1);
-    j.open_gate();
+    j.f.open_gate();
     j.wait_order("job", 2);
     server.wait_log("exited 0", 1);
     j.wait_outcomes(1);
@@ -503,7 +497,7 @@ fn replay_waits_for_the_servers_run_of_the_hook_and_is_journaled() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(j.order("job"), ["start one replay=0"]);
-    j.open_gate();
+    j.f.open_gate();
     let out = output_within(replay, PATIENCE);
     assert!(out.status.success(), "{out:?}");
     j.wait_order("job", 6);

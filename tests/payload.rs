@@ -214,13 +214,7 @@ fn bad_env_tables_are_configuration_errors() {
             name,
             &format!("command = [{p:?}]\nauth = \"token\"\n{toml}\n"),
         );
-        let out = Command::new(BIN)
-            .args(["check", "--hooks"])
-            .arg(&fx.hooks)
-            .arg("--key")
-            .arg(&fx.key)
-            .output()
-            .unwrap();
+        let out = fx.check();
         let text = String::from_utf8_lossy(&out.stdout);
         let line = text
             .lines()

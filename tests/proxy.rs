@@ -24,6 +24,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::harness::*;
+use support::net::free_port;
 use support::pki::{Pki, have, need, need_tools};
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -136,15 +137,6 @@ impl Drop for Proxy {
             );
         }
     }
-}
-
-/// A free port on 127.0.0.1 (bound and released: the proxy binds it next).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// sockhook with a TCP socket (for untrusted peers) and a Unix socket (for

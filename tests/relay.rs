@@ -875,13 +875,7 @@ fn a_hook_must_run_a_command_or_publish() {
         "after",
         "auth = \"token\"\npublish = true\nrespond = \"after-run\"\n",
     );
-    let out = Command::new(BIN)
-        .args(["check", "--hooks"])
-        .arg(&f.hooks)
-        .arg("--key")
-        .arg(&f.key)
-        .output()
-        .unwrap();
+    let out = f.check();
     let text =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{text}");

@@ -1042,13 +1042,7 @@ fn standard_webhooks_secret_not_whsec_base64_answers_500_and_check_reports_it() 
     );
     assert!(!log.contains(plain), "{log}");
 
-    let out = Command::new(BIN)
-        .args(["check", "--hooks"])
-        .arg(&f.hooks)
-        .arg("--key")
-        .arg(&f.key)
-        .output()
-        .unwrap();
+    let out = f.check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert!(

@@ -23,6 +23,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use support::harness::*;
+use support::net::free_port;
 use support::pki::{self, Pki};
 
 const STANDIN: &str = concat!(
@@ -45,15 +46,6 @@ fn standin_or_skip() -> bool {
         eprintln!("skipped: python3 websockets is not installed");
     }
     found
-}
-
-/// A free loopback port.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A child process whose stderr is collected.
@@ -352,6 +344,15 @@ impl RealRelay {
 }
 
 /// A home host: hooks, a state directory, a token file.
+/// A relay whose hook `kodi` publishes (with `extra` keys), and a home whose
+/// relay hook `kodi` records its runs (waiting for the gate when `gated`).
+fn relay_and_home(name: &str, extra: &str, gated: bool) -> (RealRelay, Home) {
+    let relay = RealRelay::start(&format!("{name}-relay"), &["kodi"], extra, None);
+    let home = Home::new(name, &relay.token("/sub/hooks/"));
+    home.hook("kodi", gated);
+    (relay, home)
+}
+
 struct Home {
     f: Fixture,
     state: PathBuf,
@@ -376,9 +377,7 @@ impl Home {
     fn hook(&self, name: &str, gated: bool) {
         let d = self.f.dir.display();
         let wait = if gated {
-            format!(
-                "i=0; while [ ! -e {d}/gate ] && [ $i -lt 2000 ]; do sleep 0.01; i=$((i+1)); done\n"
-            )
+            self.f.gate_wait() + "\n"
         } else {
             String::new()
         };
@@ -404,6 +403,13 @@ impl Home {
             .into_iter()
             .filter_map(|l| l.strip_prefix("end ").map(str::to_owned))
             .collect()
+    }
+
+    /// `subscribe`, once it has said it is connected.
+    fn connected(&self, url: &str, extra: &[&str]) -> Proc {
+        let sub = self.subscribe(url, extra);
+        sub.wait_log("connected to", 1);
+        sub
     }
 
     fn subscribe(&self, url: &str, extra: &[&str]) -> Proc {
@@ -450,10 +456,6 @@ impl Home {
         lines.sort();
         lines
     }
-
-    fn open_gate(&self) {
-        fs::write(self.f.dir.join("gate"), "").unwrap();
-    }
 }
 
 /// A token for the stand-in (it compares the bytes; sockhook never sees the key).
@@ -475,11 +477,8 @@ fn expected_lines(epoch: &str, hook: &str, seqs: impl Iterator<Item = u64>) -> V
 
 #[test]
 fn a_published_message_runs_the_home_hook_at_once_with_its_envelope() {
-    let relay = RealRelay::start("sub-basic-relay", &["kodi"], "", None);
-    let home = Home::new("sub-basic", &relay.token("/sub/hooks/"));
-    home.hook("kodi", false);
-    let sub = home.subscribe(&relay.url("/sub/hooks/"), &[]);
-    sub.wait_log("connected to", 1);
+    let (relay, home) = relay_and_home("sub-basic", "", false);
+    let sub = home.connected(&relay.url("/sub/hooks/"), &[]);
     assert!(
         sub.log().contains("ws:// is neither encrypted"),
         "{}",
@@ -546,11 +545,8 @@ fn a_published_message_runs_the_home_hook_at_once_with_its_envelope() {
 
 #[test]
 fn a_stopped_subscriber_gets_what_was_published_meanwhile_in_order_once() {
-    let relay = RealRelay::start("sub-resume-relay", &["kodi"], "", None);
-    let home = Home::new("sub-resume", &relay.token("/sub/hooks/"));
-    home.hook("kodi", false);
-    let sub = home.subscribe(&relay.url("/sub/hooks/"), &[]);
-    sub.wait_log("connected to", 1);
+    let (relay, home) = relay_and_home("sub-resume", "", false);
+    let sub = home.connected(&relay.url("/sub/hooks/"), &[]);
     assert!(
         sub.log()
             .contains("resuming from live messages (first start)")
@@ -616,11 +612,8 @@ fn a_journal_pruned_of_every_relay_entry_still_resumes_where_it_stopped() {
     // The home journal keeps the newest 100 deliveries of every hook, serve's
     // included: a busy hook there can prune all of a relay hook's entries.
     // The saved resume point must keep the relay from sending them again.
-    let relay = RealRelay::start("sub-pruned-relay", &["kodi"], "", None);
-    let home = Home::new("sub-pruned", &relay.token("/sub/hooks/"));
-    home.hook("kodi", false);
-    let sub = home.subscribe(&relay.url("/sub/hooks/"), &[]);
-    sub.wait_log("connected to", 1);
+    let (relay, home) = relay_and_home("sub-pruned", "", false);
+    let sub = home.connected(&relay.url("/sub/hooks/"), &[]);
     for body in ["m1", "m2"] {
         assert_eq!(relay.publish("kodi", body), 204);
         wait_for(
@@ -661,11 +654,8 @@ fn a_journal_pruned_of_every_relay_entry_still_resumes_where_it_stopped() {
 
 #[test]
 fn a_relay_killed_between_publishes_loses_nothing() {
-    let mut relay = RealRelay::start("sub-relay-kill-relay", &["kodi"], "", None);
-    let home = Home::new("sub-relay-kill", &relay.token("/sub/hooks/"));
-    home.hook("kodi", false);
-    let sub = home.subscribe(&relay.url("/sub/hooks/"), &["--max-backoff", "1"]);
-    sub.wait_log("connected to", 1);
+    let (mut relay, home) = relay_and_home("sub-relay-kill", "", false);
+    let sub = home.connected(&relay.url("/sub/hooks/"), &["--max-backoff", "1"]);
     assert_eq!(relay.publish("kodi", "before"), 204);
     wait_for("before", || home.ends("kodi") == ["before"], || sub.log());
     relay.kill();
@@ -687,11 +677,8 @@ fn a_relay_killed_between_publishes_loses_nothing() {
 
 #[test]
 fn a_retention_gap_is_logged_with_its_size() {
-    let relay = RealRelay::start("sub-gap-relay", &["kodi"], "publish_keep = 2\n", None);
-    let home = Home::new("sub-gap", &relay.token("/sub/hooks/"));
-    home.hook("kodi", false);
-    let sub = home.subscribe(&relay.url("/sub/hooks/"), &[]);
-    sub.wait_log("connected to", 1);
+    let (relay, home) = relay_and_home("sub-gap", "publish_keep = 2\n", false);
+    let sub = home.connected(&relay.url("/sub/hooks/"), &[]);
     assert_eq!(relay.publish("kodi", "one"), 204);
     wait_for("one", || home.ends("kodi") == ["one"], || sub.log());
     sub.stop();
@@ -747,8 +734,7 @@ fn messages_for_missing_or_non_relay_hooks_are_skipped_and_logged() {
     home.hook("kodi", false);
     let other = home.f.recorder("web");
     home.f.token_hook("web", &other, "");
-    let sub = home.subscribe(&relay.url("/sub/hooks/"), &[]);
-    sub.wait_log("connected to", 1);
+    let sub = home.connected(&relay.url("/sub/hooks/"), &[]);
     assert_eq!(relay.publish("nothere", "x"), 204);
     assert_eq!(relay.publish("web", "y"), 204);
     assert_eq!(relay.publish("kodi", "z"), 204);
@@ -775,8 +761,7 @@ fn a_subscription_to_one_hook_gets_that_hook_only() {
     let home = Home::new("sub-one", &relay.token("/sub/hooks/kodi"));
     home.hook("kodi", false);
     home.hook("web", false);
-    let sub = home.subscribe(&relay.url("/sub/hooks/kodi"), &[]);
-    sub.wait_log("connected to", 1);
+    let sub = home.connected(&relay.url("/sub/hooks/kodi"), &[]);
     assert_eq!(relay.publish("web", "not-for-me"), 204);
     assert_eq!(relay.publish("kodi", "mine"), 204);
     wait_for("mine", || home.ends("kodi") == ["mine"], || sub.log());
@@ -809,8 +794,7 @@ fn a_message_over_the_home_hooks_max_body_is_skipped_and_one_over_every_bound_en
         "big",
         &format!("command = [\"/bin/sh\", \"-c\", \"cat >{d}/big.out\"]\nauth = \"relay\"\nmax_body = 70000\n"),
     );
-    let sub = home.subscribe(&relay.url("/sub/hooks/"), &["--max-backoff", "1"]);
-    sub.wait_log("connected to", 1);
+    let sub = home.connected(&relay.url("/sub/hooks/"), &["--max-backoff", "1"]);
     assert_eq!(relay.publish("kodi", "seventeen bytes!!"), 204);
     assert_eq!(relay.publish("kodi", "sixteen bytes!!!"), 204);
     wait_for(
@@ -834,11 +818,8 @@ fn a_message_over_the_home_hooks_max_body_is_skipped_and_one_over_every_bound_en
 
 #[test]
 fn a_subscriber_killed_mid_run_runs_the_message_again_only_as_the_journal_says() {
-    let relay = RealRelay::start("sub-kill-relay", &["kodi"], "", None);
-    let home = Home::new("sub-kill", &relay.token("/sub/hooks/"));
-    home.hook("kodi", true);
-    let sub = home.subscribe(&relay.url("/sub/hooks/"), &[]);
-    sub.wait_log("connected to", 1);
+    let (relay, home) = relay_and_home("sub-kill", "", true);
+    let sub = home.connected(&relay.url("/sub/hooks/"), &[]);
     assert_eq!(relay.publish("kodi", "slow"), 204);
     wait_for(
         "the run's start",
@@ -852,7 +833,7 @@ fn a_subscriber_killed_mid_run_runs_the_message_again_only_as_the_journal_says()
         "{}",
         home.deliveries()
     );
-    home.open_gate();
+    home.f.open_gate();
     wait_for(
         "the orphan's end",
         || home.ends("kodi").len() == 1,
@@ -921,8 +902,7 @@ fn wss_with_the_test_ca_works_and_a_wrong_ca_is_refused() {
     system.stop();
     assert!(home.ends("kodi").is_empty());
     // The right one (a first start: live messages only).
-    let sub = home.subscribe(&url, &["--ca", pki.ca.to_str().unwrap()]);
-    sub.wait_log("connected to", 1);
+    let sub = home.connected(&url, &["--ca", pki.ca.to_str().unwrap()]);
     assert!(!sub.log().contains("neither encrypted"), "{}", sub.log());
     assert_eq!(relay.publish("kodi", "over-tls"), 204);
     wait_for(
@@ -989,11 +969,10 @@ fn a_silent_relay_is_noticed_by_ping_and_left() {
             }
         }
     });
-    let sub = home.subscribe(
+    let sub = home.connected(
         &format!("ws://127.0.0.1:{port}/sub/hooks/"),
         &["--ping-interval", "0.3", "--ping-timeout", "0.3"],
     );
-    sub.wait_log("connected to", 1);
     let connected = Instant::now();
     sub.wait_log("nothing from the relay within 0.3 s of a ping", 1);
     let noticed = connected.elapsed();
@@ -1020,13 +999,7 @@ fn serve_answers_a_relay_hooks_path_404_and_check_accepts_it() {
     assert_eq!(f.runs("kodi"), 0);
     let reply = server.post("/hooks/nothere", &[], b"x");
     assert_eq!(reply.status(), 404);
-    let out = Command::new(BIN)
-        .args(["check", "--hooks"])
-        .arg(&f.hooks)
-        .arg("--key")
-        .arg(&f.key)
-        .output()
-        .unwrap();
+    let out = f.check();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(
@@ -1049,13 +1022,7 @@ fn relay_hooks_refuse_the_keys_of_an_http_answer() {
             "kodi",
             &format!("command = [\"/bin/true\"]\nauth = \"relay\"\n{line}\n"),
         );
-        let out = Command::new(BIN)
-            .args(["check", "--hooks"])
-            .arg(&f.hooks)
-            .arg("--key")
-            .arg(&f.key)
-            .output()
-            .unwrap();
+        let out = f.check();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert_eq!(out.status.code(), Some(1), "{key}: {stdout}");
         assert!(stdout.contains(&format!("{key}:")), "{key}: {stdout}");

@@ -113,6 +113,31 @@ impl Fixture {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
+    /// Shell lines that wait (bounded, 20 s) until the fixture's gate is
+    /// open: scripts use them to hold a run until the test says so.
+    pub fn gate_wait(&self) -> String {
+        format!(
+            "i=0; while [ ! -e {} ] && [ $i -lt 2000 ]; do sleep 0.01; i=$((i+1)); done",
+            self.dir.join("gate").display()
+        )
+    }
+
+    /// Opens the gate: the runs waiting at [`Fixture::gate_wait`] go on.
+    pub fn open_gate(&self) {
+        fs::write(self.dir.join("gate"), "").unwrap();
+    }
+
+    /// `sockhook check --hooks … --key …` on the fixture's hooks and key.
+    pub fn check(&self) -> Output {
+        Command::new(BIN)
+            .args(["check", "--hooks"])
+            .arg(&self.hooks)
+            .arg("--key")
+            .arg(&self.key)
+            .output()
+            .unwrap()
+    }
+
     /// `sockhook serve --hooks … --key …` plus `args`, on a listening socket
     /// passed as fd 3, the way systemd's `Accept=no` does it.
     pub fn serve(&self, args: &[&str]) -> Server {

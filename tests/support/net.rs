@@ -2,12 +2,22 @@
 //! as many sources: Linux routes all of 127.0.0.0/8 to `lo`.
 
 use std::io;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 
 use nix::sys::socket::{
     AddressFamily, SockFlag, SockType, SockaddrIn, bind, connect, setsockopt, socket, sockopt,
 };
+
+/// A free port on 127.0.0.1: bound and released, for a process that binds
+/// it next.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
 
 /// `127.0.0.N`.
 pub fn loopback(n: u8) -> Ipv4Addr {
